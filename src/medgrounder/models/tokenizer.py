@@ -1,0 +1,64 @@
+"""Tokenizers: the real one from a hub id / local directory, or a tiny one built offline.
+
+The tiny tokenizer is a byte-level BPE trained on the suite's own prompt and answer vocabulary
+(instructions, label names, box syntax). Like Llama-2's SentencePiece model it splits every
+digit into its own token, so ``<38>`` costs the model the same steps at both scales. It is
+trained from a fixed corpus, so every run gets the same ids.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
+from medgrounder.data.prompts import (
+    GLOBAL_PREFIX,
+    INSTRUCTIONS,
+    LOCAL_PREFIX,
+    NO_LOCAL_FINDINGS,
+    PROMPT_PREFIX,
+    prompt_suffix,
+)
+
+SPECIAL = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+
+
+def _corpus() -> list[str]:
+    lines = [PROMPT_PREFIX, LOCAL_PREFIX, GLOBAL_PREFIX, NO_LOCAL_FINDINGS]
+    lines += [prompt_suffix(task) for task in INSTRUCTIONS]
+    lines += [f"<p>{name}</p> {{<12><34><56><78>}}<delim>{{<90><100><0><5>}}," for name in LOCAL_LABELS]
+    lines += [", ".join(GLOBAL_LABELS) + "."]
+    # Words later tasks use (MS-CXR phrases, captions) so the tiny vocabulary covers them.
+    lines += ["[refer] [caption] [grounding] Where is the finding? Give the bounding box of the region."]
+    return lines * 4
+
+
+@lru_cache(maxsize=4)
+def build_tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
+
+
+def load_tokenizer(pretrained: str | None = None, vocab_size: int = 1024) -> PreTrainedTokenizerBase:
+    """``pretrained``: hub id or local directory (Llama-2's tokenizer); ``None``: the tiny one."""
+    if pretrained is None:
+        return build_tiny_tokenizer(vocab_size)
+    tok = AutoTokenizer.from_pretrained(pretrained)
+    if tok.pad_token is None:  # Llama-2 ships without one; padding is masked out anyway.
+        tok.pad_token = tok.unk_token
+    return tok

@@ -1,0 +1,180 @@
+"""The vision-language model as a LightningModule (MiniGPT-v2 layout; LiteGPT section 3).
+
+::
+
+    images [B, 3, S, S] -> towers -> [B, P, C] -> merge k -> [B, P/k, k*C] -> projector -> [B, M, D]
+    <s>[INST] <Img> {M image embeddings} </Img> [task] instruction [/INST] answer</s>
+
+The loss is on the answer tokens (and the closing ``</s>``) only. Generation is greedy and
+batched with the KV cache; prompts are left-padded so every row continues from its last token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import nn
+
+from medgrounder.data.prompts import PROMPT_PREFIX
+from medgrounder.models.fusion import merge_tokens, merged_token_count
+from medgrounder.models.llm import build_llm
+from medgrounder.models.projector import build_projector
+from medgrounder.models.tokenizer import load_tokenizer
+
+IGNORE_INDEX = -100
+ENCODER_TRAIN_MODES = ("frozen", "full")
+
+
+class VisionLanguageModel(L.LightningModule):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        llm: dict,
+        projector: dict | None = None,
+        lora: dict | None = None,
+        image_size: int = 224,
+        merge: int = 5,
+        merge_mode: str = "flat",
+        encoder_train_mode: str = "frozen",
+        optim: dict | None = None,
+        max_new_tokens: int = 160,
+    ):
+        """``encoder``: a tower or :class:`FusedTowers`; ``llm``: :func:`build_llm` arguments plus
+        ``tokenizer`` (:func:`load_tokenizer` arguments); ``projector``: ``{hidden: int | None}``;
+        ``lora``: :class:`LoraSettings` fields; ``optim``: AdamW and schedule settings."""
+        super().__init__()
+        if encoder_train_mode not in ENCODER_TRAIN_MODES:
+            raise ValueError(f"model.encoder_train_mode must be one of {ENCODER_TRAIN_MODES}, got {encoder_train_mode!r}")
+        if encoder.image_size != image_size:
+            raise ValueError(f"model.image_size={image_size} but the encoder expects {encoder.image_size}")
+        llm_kwargs = dict(llm)
+        self.tokenizer = load_tokenizer(**(llm_kwargs.pop("tokenizer", None) or {}))
+        self.image_size = image_size
+        self.encoder = encoder
+        self.encoder_train_mode = encoder_train_mode
+        self.encoder.requires_grad_(encoder_train_mode == "full")
+        self.merge = merge
+        self.merge_mode = merge_mode
+        tokens_per_tower = getattr(encoder, "tokens_per_tower", [encoder.num_tokens])
+        self.tokens_per_tower = list(tokens_per_tower)
+        self.num_visual_tokens = merged_token_count(self.tokens_per_tower, merge, merge_mode)
+        if not llm_kwargs.get("pretrained"):
+            llm_kwargs["vocab_size"] = len(self.tokenizer)
+        self.llm = build_llm(**llm_kwargs, lora=lora)
+        self.projector = build_projector(encoder.width * merge, self.llm.config.hidden_size,
+                                         (projector or {}).get("hidden"))
+        self.optim = {"lr": 1e-4, "weight_decay": 0.05, "betas": (0.9, 0.999), "warmup_steps": 0,
+                      "warmup_start_lr": 0.0, "min_lr": 0.0, **(optim or {})}
+        self.max_new_tokens = max_new_tokens
+        self.prefix_ids = [self.tokenizer.bos_token_id, *self.tokenizer.encode(PROMPT_PREFIX, add_special_tokens=False)]
+
+    # ----------------------------------------------------------------- embeddings
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S] -> [B, M, D_llm]``."""
+        if self.encoder_train_mode == "frozen":
+            self.encoder.eval()
+            with torch.no_grad():
+                tokens = self.encoder(images)
+        else:
+            tokens = self.encoder(images)
+        merged = merge_tokens(tokens, self.merge, self.merge_mode, self.tokens_per_tower)
+        return self.projector(merged.to(self.projector[0].weight.dtype))
+
+    def _embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llm.get_input_embeddings()(ids)
+
+    def _with_prefix(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """``[B, M, D] -> [B, len(prefix) + M, D]`` (``<s>[INST] <Img>`` before the image)."""
+        b = image_embeds.shape[0]
+        prefix = torch.tensor(self.prefix_ids, device=image_embeds.device).expand(b, -1)
+        return torch.cat([self._embed_ids(prefix).to(image_embeds.dtype), image_embeds], dim=1)
+
+    # ----------------------------------------------------------------- training
+    def forward(self, images: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor, text_labels: torch.Tensor):
+        """Teacher-forced loss. ``text_*`` [B, T]: the prompt suffix, answer and ``</s>``, right-padded."""
+        head = self._with_prefix(self.encode_images(images))
+        embeds = torch.cat([head, self._embed_ids(text_ids).to(head.dtype)], dim=1)
+        b, h = head.shape[:2]
+        mask = torch.cat([text_mask.new_ones(b, h), text_mask], dim=1)
+        labels = torch.cat([text_labels.new_full((b, h), IGNORE_INDEX), text_labels], dim=1)
+        return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self(batch["images"], batch["text_ids"], batch["text_mask"], batch["text_labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["images"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self(batch["images"], batch["text_ids"], batch["text_mask"], batch["text_labels"])
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["images"]), sync_dist=True)
+
+    # ----------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                 max_new_tokens: int | None = None) -> list[str]:
+        """Greedy decoding. ``prompt_*`` [B, T]: the prompt suffix, right-padded. Returns the answers."""
+        head = self._with_prefix(self.encode_images(images))
+        embeds = torch.cat([head, self._embed_ids(prompt_ids).to(head.dtype)], dim=1)
+        b, h = head.shape[:2]
+        mask = torch.cat([prompt_mask.new_ones(b, h), prompt_mask], dim=1)
+        # [head][suffix][pad] -> [pad][head][suffix]: generation continues from the last column.
+        pads = (prompt_mask == 0).sum(1)
+        if pads.any():
+            embeds = torch.stack([e.roll(int(p), dims=0) for e, p in zip(embeds, pads, strict=True)])
+            mask = torch.stack([m.roll(int(p), dims=0) for m, p in zip(mask, pads, strict=True)])
+        out = self.llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    # ----------------------------------------------------------------- optimisation
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights that training changes (what a stage hand-off checkpoint keeps)."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu() for k, v in self.state_dict().items() if k in names}
+
+    def configure_optimizers(self):
+        o = self.optim
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+        groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o["lr"], total, o["warmup_steps"],
+                                                                     o["warmup_start_lr"], o["min_lr"]))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def warmup_cosine(lr: float, total_steps: int, warmup_steps: int, warmup_start_lr: float, min_lr: float):
+    """LR multiplier: linear ``warmup_start_lr -> lr`` over ``warmup_steps``, then cosine to ``min_lr``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            cur = warmup_start_lr + (lr - warmup_start_lr) * step / warmup_steps
+        else:
+            t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            cur = min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+        return cur / lr
+
+    return factor
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def describe(module: VisionLanguageModel) -> dict[str, Sequence[int] | int]:
+    return {"visual_tokens": module.num_visual_tokens, "tokens_per_tower": module.tokens_per_tower}

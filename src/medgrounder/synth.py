@@ -1,0 +1,484 @@
+"""Synthetic datasets in the official on-disk formats (design section 2).
+
+``python -m medgrounder.synth vindr --out DIR --n N --seed S`` writes the PhysioNet VinDr-CXR
+1.0.0 layout: ``train/<image_id>.dicom``, ``test/<image_id>.dicom`` (real DICOM files) and the
+four csv files under ``annotations/``. Each local finding is a class-specific pattern that fills
+its box (:data:`APPEARANCE`), so a model can learn to localise and name it; global labels follow
+from the findings by :func:`global_labels_from_local`. The same seed gives byte-identical
+files, whatever ``--workers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from medgrounder.data.boxes import Box, iou
+from medgrounder.data.labels import (
+    GLOBAL_INDEX,
+    GLOBAL_LABELS,
+    LOCAL_INDEX,
+    LOCAL_LABELS,
+    NO_FINDING,
+)
+
+# --------------------------------------------------------------------------------------------
+# VinDr-CXR
+
+#: Test-set supports of the 22 local labels (LiteGPT table 8), used as class weights.
+LOCAL_WEIGHTS: tuple[int, ...] = (
+    220, 86, 194, 309, 2, 96, 1, 3, 8, 221, 58, 84, 9, 2, 20, 176, 111, 169, 18, 217, 11, 94,
+)
+#: Probability of 0, 1, 2 and 3 findings in an image.
+FINDING_COUNT_P: tuple[float, ...] = (0.25, 0.40, 0.22, 0.13)
+
+#: Appearance of each local finding: ``(shape, sign, texture)``. The pattern spans its box.
+#: Shapes: ``rect`` (filled), ``ellipse`` (filled, inscribed), ``rect_ring`` / ``ellipse_ring``
+#: (outlines), ``plus`` (centred bars), ``cross`` (both diagonals), ``diamond``, ``triangle``
+#: (apex up), ``hatch`` (diagonal lines). Sign +1 is brighter (denser) than the surroundings,
+#: -1 darker, by :data:`CONTRAST` of the window. Textures modulate the pattern between full and
+#: :data:`TEXTURE_LOW` of that contrast: ``flat``, ``hstripes``, ``vstripes`` (6 stripes),
+#: ``checker`` (4 x 4), ``dots`` (4 x 4 grid).
+APPEARANCE: dict[str, tuple[str, int, str]] = {
+    "Aortic enlargement": ("ellipse", +1, "flat"),
+    "Atelectasis": ("rect", -1, "hstripes"),
+    "Calcification": ("plus", +1, "flat"),
+    "Cardiomegaly": ("rect", +1, "flat"),
+    "Clavicle fracture": ("cross", -1, "flat"),
+    "Consolidation": ("rect", +1, "checker"),
+    "Edema": ("ellipse", -1, "vstripes"),
+    "Emphysema": ("ellipse_ring", -1, "flat"),
+    "Enlarged PA": ("diamond", +1, "flat"),
+    "ILD": ("hatch", -1, "flat"),
+    "Infiltration": ("ellipse", +1, "hstripes"),
+    "Lung Opacity": ("ellipse", +1, "checker"),
+    "Lung cavity": ("ellipse_ring", +1, "flat"),
+    "Lung cyst": ("rect_ring", -1, "flat"),
+    "Mediastinal shift": ("triangle", +1, "flat"),
+    "Nodule/Mass": ("ellipse", -1, "flat"),
+    "Pleural effusion": ("rect", -1, "flat"),
+    "Pleural thickening": ("rect_ring", +1, "flat"),
+    "Pneumothorax": ("triangle", -1, "flat"),
+    "Pulmonary fibrosis": ("hatch", +1, "flat"),
+    "Rib fracture": ("plus", -1, "flat"),
+    "Other lesion": ("diamond", -1, "dots"),
+}
+CONTRAST = 0.30
+TEXTURE_LOW = 0.35
+
+#: Fixed rule from local findings to global diagnoses; any other finding is "Other disease".
+GLOBAL_RULE: dict[str, str] = {
+    "Nodule/Mass": "Lung tumor",
+    "Consolidation": "Pneumonia",
+    "Lung Opacity": "Pneumonia",
+    "Infiltration": "Pneumonia",
+    "Lung cavity": "Tuberculosis",
+    "Pulmonary fibrosis": "Tuberculosis",
+    "Emphysema": "COPD",
+}
+
+ANNOTATION_HEADER = ("image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max")
+GLOBAL_COLUMNS = {  # the official spellings of the 6 global columns per split
+    "train": ("COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding"),
+    "test": GLOBAL_LABELS,
+}
+DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+
+
+def stable_uid(*parts: str) -> str:
+    """A deterministic UID under the UUID root ``2.25`` (UUID v5 of ``parts``; no timestamps)."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, 'medgrounder.synth/' + '/'.join(parts)).int}"
+
+
+IMPLEMENTATION_UID = stable_uid("implementation")
+N_READERS = 17
+TRAIN_READERS = 3
+TEST_READER = "R11"
+READER_JITTER = 0.04  # of the box size, per coordinate
+MONOCHROME1_FRAC = 0.15
+NO_WINDOW_FRAC = 0.20
+TWO_WINDOWS_FRAC = 0.25  # of the images with window tags
+RESCALE_FRAC = 0.30
+RESCALES = ((1.0, 0.0), (1.0, -1024.0), (2.0, -1000.0))  # (slope, intercept)
+CONFLICT_FRAC = 0.04  # of abnormal train images: one reader says "No finding"
+DUPLICATE_FRAC = 0.05  # of abnormal train images: one reader draws a finding twice
+
+
+def global_labels_from_local(names: Iterable[str]) -> list[str]:
+    """Local finding names -> canonical global labels in label order (``["No finding"]`` if none)."""
+    out = set()
+    for name in names:
+        if name not in LOCAL_INDEX:
+            raise ValueError(f"unknown local label {name!r}")
+        out.add(GLOBAL_RULE.get(name, "Other disease"))
+    return sorted(out, key=GLOBAL_INDEX.__getitem__) if out else [NO_FINDING]
+
+
+@dataclass(frozen=True)
+class _ImagePlan:
+    """Everything needed to render and write one DICOM file (picklable for workers)."""
+
+    index: int
+    image_id: str
+    split: str
+    width: int
+    height: int
+    bits: int
+    monochrome1: bool
+    windows: int  # number of WindowCenter/WindowWidth values: 0, 1 or 2
+    rescale: tuple[float, float] | None
+    findings: tuple[tuple[str, Box], ...]
+
+
+def _pick(rng: np.random.Generator, candidates: Sequence[int], frac: float, at_least_one: bool = False) -> set[int]:
+    """Exactly ``round(frac * len)`` of ``candidates`` (at least one when asked and >= 2)."""
+    k = round(frac * len(candidates))
+    if at_least_one and len(candidates) >= 2:
+        k = max(k, 1)
+    return set(rng.choice(np.asarray(candidates, dtype=np.int64), k, replace=False).tolist()) if k else set()
+
+
+def _round_box(box: Sequence[float]) -> Box:
+    return tuple(round(float(v), 2) for v in box)  # type: ignore[return-value]
+
+
+def _place_box(rng: np.random.Generator, w: int, h: int, earlier: list[Box], tries: int = 20) -> Box:
+    """A box of 5-30 % of each side inside the central 10-90 %, IoU <= 0.3 with ``earlier``."""
+    for _ in range(tries):
+        bw, bh = rng.uniform(0.05, 0.30) * w, rng.uniform(0.05, 0.30) * h
+        x1, y1 = rng.uniform(0.10 * w, 0.90 * w - bw), rng.uniform(0.10 * h, 0.90 * h - bh)
+        box = _round_box((x1, y1, x1 + bw, y1 + bh))
+        if all(iou(box, e) <= 0.3 for e in earlier):
+            break
+    return box
+
+
+def _jitter(rng: np.random.Generator, box: Box, frac: float, w: int, h: int) -> Box:
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    d = rng.uniform(-frac, frac, 4) * np.array([bw, bh, bw, bh])
+    x1, y1, x2, y2 = (box[k] + d[k] for k in range(4))
+    return _round_box((max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))))
+
+
+def _plan_vindr(n: int, seed: int, test_frac: float, min_side: int, max_side: int):
+    """Draw every image's properties and every reader's boxes from one seeded generator."""
+    if n < 1 or not 0 <= test_frac <= 1 or not 8 <= min_side <= max_side:
+        raise ValueError(f"bad arguments: n={n}, test_frac={test_frac}, sides {min_side}..{max_side}")
+    rng = np.random.default_rng(seed)
+    n_test = round(n * test_frac)
+    ids: list[str] = []
+    while len(ids) < n:
+        iid = rng.bytes(16).hex()
+        if iid not in ids:
+            ids.append(iid)
+    widths = rng.integers(min_side, max_side + 1, n)
+    heights = rng.integers(min_side, max_side + 1, n)
+    bits = rng.choice([12, 14, 16], n)
+    mono1 = _pick(rng, range(n), MONOCHROME1_FRAC)
+    no_window = _pick(rng, range(n), NO_WINDOW_FRAC)
+    two_windows = _pick(rng, [i for i in range(n) if i not in no_window], TWO_WINDOWS_FRAC)
+    rescaled = _pick(rng, range(n), RESCALE_FRAC)
+    counts = rng.choice(len(FINDING_COUNT_P), n, p=FINDING_COUNT_P)
+    class_p = np.asarray(LOCAL_WEIGHTS, dtype=np.float64) / sum(LOCAL_WEIGHTS)
+
+    plans = []
+    for i in range(n):
+        w, h = int(widths[i]), int(heights[i])
+        classes = rng.choice(len(LOCAL_LABELS), int(counts[i]), p=class_p)
+        boxes: list[Box] = []
+        for _ in classes:
+            boxes.append(_place_box(rng, w, h, boxes))
+        findings = tuple((LOCAL_LABELS[c], b) for c, b in zip(classes, boxes, strict=True))
+        windows = 0 if i in no_window else 2 if i in two_windows else 1
+        rescale = RESCALES[int(rng.integers(len(RESCALES)))] if i in rescaled else None
+        plans.append(_ImagePlan(i, ids[i], "test" if i < n_test else "train", w, h, int(bits[i]),
+                                i in mono1, windows, rescale, findings))
+
+    # Readers: test images have one exact reader; train images three jittered ones, with
+    # occasional reader conflicts and duplicate boxes.
+    abnormal_train = [p.index for p in plans if p.split == "train" and p.findings]
+    conflicts = _pick(rng, abnormal_train, CONFLICT_FRAC, at_least_one=True)
+    duplicates = _pick(rng, [i for i in abnormal_train if i not in conflicts], DUPLICATE_FRAC, at_least_one=True)
+    readers: list[list[tuple[str, list[tuple[str, Box]]]]] = []
+    for p in plans:
+        if p.split == "test":
+            readers.append([(TEST_READER, list(p.findings))])
+            continue
+        rads = [f"R{r + 1}" for r in rng.choice(N_READERS, TRAIN_READERS, replace=False)]
+        silent = int(rng.integers(TRAIN_READERS)) if p.index in conflicts else -1
+        twice = int(rng.integers(TRAIN_READERS)) if p.index in duplicates else -1
+        twice_finding = int(rng.integers(len(p.findings))) if p.findings else 0
+        image_readers = []
+        for r, rad in enumerate(rads):
+            if r == silent:
+                image_readers.append((rad, []))
+                continue
+            drawn = [(c, _jitter(rng, b, READER_JITTER, p.width, p.height)) for c, b in p.findings]
+            if r == twice:
+                c, b = drawn[twice_finding]
+                again = _jitter(rng, b, READER_JITTER / 2, p.width, p.height)
+                while iou(again, b) <= 0.5:
+                    again = _jitter(rng, b, READER_JITTER / 2, p.width, p.height)
+                drawn.append((c, again))
+            image_readers.append((rad, drawn))
+        readers.append(image_readers)
+    return plans, readers, {"conflicts": len(conflicts), "duplicates": len(duplicates)}
+
+
+# Rendering: intensities ``u`` in display units (0 = black, 1 = white for the first window).
+
+def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Boolean mask of ``shape`` on box-relative coordinates ``dx`` (1, w), ``dy`` (h, 1) in [0, 1]."""
+    ex, ey = np.abs(2 * dx - 1), np.abs(2 * dy - 1)
+    if shape == "rect":
+        return np.ones((dy.shape[0], dx.shape[1]), dtype=bool)
+    if shape == "ellipse":
+        return ex**2 + ey**2 <= 1
+    if shape == "ellipse_ring":
+        r = ex**2 + ey**2
+        return (r <= 1) & (r >= 0.45)
+    if shape == "rect_ring":
+        return np.maximum(ex, ey) >= 0.6
+    if shape == "plus":
+        return (ex <= 0.3) | (ey <= 0.3)
+    if shape == "cross":
+        return np.abs(ex - ey) <= 0.3
+    if shape == "diamond":
+        return ex + ey <= 1
+    if shape == "triangle":
+        return ex <= dy
+    if shape == "hatch":
+        return ((dx + dy) * 3) % 1 < 0.5
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _texture(texture: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray | float:
+    """Contrast multiplier in {TEXTURE_LOW, 1} on box-relative coordinates."""
+    if texture == "flat":
+        return 1.0
+    if texture == "hstripes":
+        on = np.floor(dy * 6) % 2 == 0
+    elif texture == "vstripes":
+        on = np.floor(dx * 6) % 2 == 0
+    elif texture == "checker":
+        on = (np.floor(dx * 4) + np.floor(dy * 4)) % 2 == 0
+    elif texture == "dots":
+        on = ((dx * 4) % 1 - 0.5) ** 2 + ((dy * 4) % 1 - 0.5) ** 2 <= 0.09
+    else:
+        raise ValueError(f"unknown texture {texture!r}")
+    return np.where(on, np.float32(1), np.float32(TEXTURE_LOW))
+
+
+def _draw_finding(u: np.ndarray, name: str, box: Box) -> None:
+    """Add the class pattern of ``name`` to ``u`` over the pixels whose centres lie in ``box``."""
+    shape, sign, texture = APPEARANCE[name]
+    x1, y1, x2, y2 = box
+    i0, i1 = math.ceil(x1 - 0.5), math.floor(x2 - 0.5) + 1
+    j0, j1 = math.ceil(y1 - 0.5), math.floor(y2 - 0.5) + 1
+    if i1 <= i0 or j1 <= j0:
+        return
+    dx = ((np.arange(i0, i1, dtype=np.float32) + 0.5 - x1) / (x2 - x1))[None, :]
+    dy = ((np.arange(j0, j1, dtype=np.float32) + 0.5 - y1) / (y2 - y1))[:, None]
+    level = _shape_mask(shape, dx, dy) * _texture(texture, dx, dy)
+    u[j0:j1, i0:i1] += np.float32(sign * CONTRAST) * level
+
+
+def _soft(r: np.ndarray, sharp: float) -> np.ndarray:
+    """1 inside an ellipse (``r < 1``), 0 outside, with a linear edge."""
+    return np.clip((1 - r) * sharp, 0, 1)
+
+
+def _render_u(plan: _ImagePlan, rng: np.random.Generator) -> np.ndarray:
+    """Chest-like picture with the plan's findings, float32 display units."""
+    w, h = plan.width, plan.height
+    f32 = np.float32
+    x = ((np.arange(w, dtype=f32) + 0.5) / w)[None, :]
+    y = ((np.arange(h, dtype=f32) + 0.5) / h)[:, None]
+    j = rng.uniform(-0.02, 0.02, 6).astype(f32)
+    u = _soft(((x - 0.5 - j[0]) / 0.46) ** 2 + ((y - 0.58) / 0.56) ** 2, 5) * f32(0.5) + f32(0.05)
+    lungs = _soft(((x - 0.31 - j[1]) / (0.145 + j[3])) ** 2 + ((y - 0.47 - j[4]) / (0.33 + j[5])) ** 2, 4)
+    lungs += _soft(((x - 0.69 - j[2]) / (0.145 + j[3])) ** 2 + ((y - 0.47 - j[4]) / (0.33 + j[5])) ** 2, 4)
+    ribs = np.cos(f32(2 * np.pi) * (y * f32(9) + f32(2.5) * (x - f32(0.5)) ** 2))  # thin arcs
+    u += (np.clip(ribs - f32(0.6), 0, None) * f32(0.12) - f32(0.28)) * lungs
+    u += f32(0.2) * np.clip((0.085 - np.abs(x - 0.5)) / 0.03, 0, 1) * np.clip((y - 0.06) / 0.06, 0, 1)
+    u += f32(0.12) * _soft(((x - 0.56) / 0.15) ** 2 + ((y - 0.7) / 0.11) ** 2, 3)
+    u += f32(0.015) * rng.standard_normal((h, w), dtype=f32)
+    # Collimation border below the window and a bright marker above it: the data's min..max
+    # range differs from the window, so windowing matters.
+    b = max(2, min(w, h) // 40)
+    u[:b], u[-b:], u[:, :b], u[:, -b:] = -0.15, -0.15, -0.15, -0.15
+    m = max(4, min(w, h) // 25)
+    mx = 2 * b if rng.random() < 0.5 else w - 2 * b - m
+    u[2 * b:2 * b + m, mx:mx + m] = 1.7
+    for name, box in plan.findings:
+        _draw_finding(u, name, box)
+    return u
+
+
+def _dicom(plan: _ImagePlan, seed: int) -> pydicom.Dataset:
+    """The plan's DICOM dataset: header tags and pixel data, deterministic in ``seed``."""
+    rng = np.random.default_rng([seed, plan.index])
+    maxval = 2**plan.bits - 1
+    base, span = maxval * rng.uniform(0.12, 0.20), maxval * rng.uniform(0.42, 0.48)
+    v = _render_u(plan, rng)
+    v *= np.float32(span)
+    v += np.float32(base)
+    stored = np.rint(np.clip(v, 0, maxval, out=v)).astype("<u2")
+    windows = [(base + span / 2, span), (base + 0.6 * span, 1.5 * span)][: plan.windows]
+    if plan.monochrome1:
+        stored = (maxval - stored).astype("<u2")
+        windows = [(maxval - c, wd) for c, wd in windows]
+    slope, intercept = plan.rescale or (1.0, 0.0)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DX_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = stable_uid("vindr", str(seed), plan.image_id, "instance")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "MEDGROUNDER"
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.preamble = b"\0" * 128
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.SOPClassUID = DX_SOP_CLASS
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientID = plan.image_id
+    ds.StudyInstanceUID = stable_uid("vindr", str(seed), plan.image_id, "study")
+    ds.SeriesInstanceUID = stable_uid("vindr", str(seed), plan.image_id, "series")
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if plan.monochrome1 else "MONOCHROME2"
+    ds.Rows, ds.Columns = plan.height, plan.width
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, plan.bits, plan.bits - 1
+    ds.PixelRepresentation = 0
+    if windows:
+        ds.WindowCenter = [f"{slope * c + intercept:.1f}" for c, _ in windows]
+        ds.WindowWidth = [f"{slope * wd:.1f}" for _, wd in windows]
+    if plan.rescale:
+        ds.RescaleIntercept, ds.RescaleSlope = f"{intercept:g}", f"{slope:g}"
+        ds.RescaleType = "US"
+    ds.PixelData = stored.tobytes()
+    return ds
+
+
+def _write_image(job: tuple[_ImagePlan, str, int]) -> None:
+    plan, out, seed = job
+    path = Path(out) / plan.split / f"{plan.image_id}.dicom"
+    _dicom(plan, seed).save_as(path, enforce_file_format=True)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def _write_csvs(out: Path, plans: list[_ImagePlan], readers) -> None:
+    ann_dir = out / "annotations"
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        ann_rows, label_rows = [], []
+        for plan, image_readers in zip(plans, readers, strict=True):
+            if plan.split != split:
+                continue
+            for rad, drawn in image_readers:
+                if drawn:
+                    ann_rows += [[plan.image_id, rad, c, *map(_fmt, b)] for c, b in drawn]
+                else:
+                    ann_rows.append([plan.image_id, rad, NO_FINDING, "", "", "", ""])
+                names = {c for c, _ in drawn}
+                glob = set(global_labels_from_local(names))
+                label_rows.append([plan.image_id, rad, *(int(n in names) for n in LOCAL_LABELS),
+                                   *(int(g in glob) for g in GLOBAL_LABELS)])
+        with open(ann_dir / f"annotations_{split}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(ANNOTATION_HEADER)
+            writer.writerows(ann_rows)
+        with open(ann_dir / f"image_labels_{split}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["image_id", "rad_id", *LOCAL_LABELS, *GLOBAL_COLUMNS[split]])
+            writer.writerows(label_rows)
+
+
+def synth_vindr(out: str | Path, n: int, seed: int, test_frac: float = 0.2, min_side: int = 256,
+                max_side: int = 512, workers: int = 1) -> dict:
+    """Write a synthetic VinDr-CXR (PhysioNet 1.0.0 layout) to ``out``; return a summary.
+
+    Image ``i < round(n * test_frac)`` goes to the test split. Output depends only on the
+    arguments other than ``workers``.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    plans, readers, stats = _plan_vindr(n, seed, test_frac, min_side, max_side)
+    for split in ("train", "test"):
+        (out / split).mkdir(parents=True, exist_ok=True)
+    jobs = [(p, str(out), seed) for p in plans]
+    if workers > 1:
+        with Pool(workers) as pool:
+            for _ in pool.imap_unordered(_write_image, jobs, chunksize=16):
+                pass
+    else:
+        for job in jobs:
+            _write_image(job)
+    _write_csvs(out, plans, readers)
+    n_test = sum(p.split == "test" for p in plans)
+    return {
+        "dataset": "vindr",
+        "out": str(out),
+        "train": n - n_test,
+        "test": n_test,
+        "abnormal_fraction": round(sum(bool(p.findings) for p in plans) / n, 4),
+        "findings": sum(len(p.findings) for p in plans),
+        "reader_conflicts": stats["conflicts"],
+        "duplicate_boxes": stats["duplicates"],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _cmd_vindr(args: argparse.Namespace) -> dict:
+    return synth_vindr(args.out, args.n, args.seed, test_frac=args.test_frac,
+                       min_side=args.min_side, max_side=args.max_side, workers=args.workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``synth`` parser: one subcommand per dataset, each sets ``func(args) -> summary``."""
+    parser = argparse.ArgumentParser(prog="python -m medgrounder.synth",
+                                     description="Write synthetic datasets in the official on-disk formats.")
+    sub = parser.add_subparsers(dest="dataset", required=True)
+    p = sub.add_parser("vindr", help="VinDr-CXR, PhysioNet 1.0.0 layout (DICOM + csv)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--n", type=int, default=100, help="number of images (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-frac", type=float, default=0.2)
+    p.add_argument("--min-side", type=int, default=256)
+    p.add_argument("--max-side", type=int, default=512)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=_cmd_vindr)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    summary = args.func(args)
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

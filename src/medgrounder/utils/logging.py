@@ -1,0 +1,54 @@
+"""Loggers: W&B online when it can be, offline otherwise, so a run never stalls on the network."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _wandb_reachable(timeout: float = 2.0) -> bool:
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def resolve_wandb_mode(mode: str = "auto") -> str:
+    """``auto``: ``online`` with an API key and a reachable server, else ``offline``.
+    ``WANDB_MODE`` in the environment wins, as in wandb itself."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if mode != "auto":
+        return mode
+    return "online" if _has_wandb_key() and _wandb_reachable() else "offline"
+
+
+def wandb_logger(project: str, save_dir: str, mode: str = "auto", entity: str | None = None,
+                 group: str | None = None, tags: list[str] | None = None, name: str | None = None,
+                 job_type: str | None = None, run_config: dict | None = None):
+    """A Lightning ``WandbLogger``; in offline mode the run directory is logged for ``wandb sync``."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = resolve_wandb_mode(mode)
+    if mode == "disabled":
+        return None
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    logger = WandbLogger(project=project, entity=entity, group=group, tags=list(tags or []), name=name,
+                         job_type=job_type, save_dir=save_dir, mode=mode, config=run_config)
+    if mode == "offline":
+        run_dir = logger.experiment.dir
+        log.info("W&B is offline; sync later with: wandb sync %s", Path(run_dir).parent)
+    return logger

@@ -1,0 +1,83 @@
+"""Start-up checks: a run without its data or weights stops before any work, saying what is
+missing, where it was looked for and where to get it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+VINDR_FILES = (
+    "annotations/annotations_train.csv",
+    "annotations/annotations_test.csv",
+    "annotations/image_labels_train.csv",
+    "annotations/image_labels_test.csv",
+    "train",
+    "test",
+)
+SOURCES = {
+    "vindr": "VinDr-CXR 1.0.0 from https://physionet.org/content/vindr-cxr/1.0.0/ "
+    "(credentialed access); set paths.vindr_root=DIR or VINDR_ROOT",
+}
+
+
+class MissingInputError(RuntimeError):
+    """Raised before training when data or weights are absent."""
+
+
+def _hub_cached(repo_id: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, filename), str)
+
+
+def _check_weights(key: str, ref: str, marker: str) -> str | None:
+    """``ref`` is a hub id, ``hf-hub:ID``, ``local-dir:PATH`` or a directory."""
+    if ref.startswith("local-dir:"):
+        ref = ref.removeprefix("local-dir:")
+    elif ref.startswith("hf-hub:"):
+        ref = ref.removeprefix("hf-hub:")
+    if ref.startswith(("/", ".", "~")) or Path(ref).expanduser().exists():
+        path = Path(ref).expanduser()
+        return None if path.exists() else f"{key}: local weights directory {path} does not exist"
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    if offline and not _hub_cached(ref, marker):
+        return (
+            f"{key}: '{ref}' is not in the Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}) "
+            f"and HF_HUB_OFFLINE is set. Download it with `hf download {ref}` "
+            f"(https://huggingface.co/{ref}) or point {key} at a local directory."
+        )
+    return None
+
+
+def _weight_refs(model: DictConfig):
+    encoder = model.encoder
+    towers = list(encoder.towers.values()) if "towers" in encoder else [encoder]
+    for i, tower in enumerate(towers):
+        prefix = f"model.encoder.towers[{i}]" if "towers" in encoder else "model.encoder"
+        if tower.get("pretrained"):
+            yield f"{prefix}.pretrained", tower.pretrained, "config.json"
+        name = tower.get("model_name", "")
+        if isinstance(name, str) and name.startswith(("hf-hub:", "local-dir:")):
+            yield f"{prefix}.model_name", name, "open_clip_config.json"
+    if model.llm.get("pretrained"):
+        yield "model.llm.pretrained", model.llm.pretrained, "config.json"
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    problems = []
+    data = cfg.data
+    if not data.get("synth"):
+        root = Path(data.root)
+        missing = [f for f in VINDR_FILES if not (root / f).exists()]
+        if missing:
+            problems.append(
+                f"data.root={root.resolve()} lacks {', '.join(missing)}. Get {SOURCES['vindr']}."
+            )
+    for key, ref, marker in _weight_refs(cfg.model):
+        msg = _check_weights(key, str(ref), marker)
+        if msg:
+            problems.append(msg)
+    if problems:
+        raise MissingInputError("Missing inputs:\n  - " + "\n  - ".join(problems))

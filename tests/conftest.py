@@ -1,0 +1,47 @@
+"""Shared fixtures: offline hub, a small synthetic VinDr-CXR written once per session, composed
+configs of the real entry point."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest
+from hydra import compose, initialize_config_module
+
+
+@pytest.fixture(scope="session")
+def synth_vindr_root(tmp_path_factory):
+    from medgrounder.synth import synth_vindr
+
+    root = tmp_path_factory.mktemp("vindr") / "synthetic_vindr"
+    synth_vindr(str(root), n=40, seed=3)
+    return root
+
+
+def compose_train(overrides: list[str] | None = None):
+    """The real train config, composed as the command line would."""
+    with initialize_config_module("medgrounder.conf", version_base="1.3"):
+        return compose("train", overrides=list(overrides or []), return_hydra_config=True)
+
+
+def tiny_run_overrides(root, out_dir) -> list[str]:
+    """A tiny, fast run on an existing synthetic dataset."""
+    return [
+        f"data.root={root}",
+        "data.synth=null",
+        "data.batch_size=4",
+        "data.eval_batch_size=8",
+        "data.decode_workers=1",
+        f"paths.output_dir={out_dir}",
+        f"hydra.run.dir={out_dir}",
+        "model.max_new_tokens=24",
+        "logger.wandb.mode=offline",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "num_figure_images=2",
+    ]

@@ -1,0 +1,211 @@
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from medgrounder.data.dicom import DicomReadError, load_dicom_uint8, read_dicom_size
+
+DX = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=12, **tags):
+    """A minimal Explicit VR Little Endian file; ``pixels=None`` leaves out Pixel Data."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DX
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = DX, "1.2.3.4", "DX"
+    rows, cols = (3, 5) if pixels is None else pixels.shape
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    if pixels is not None:
+        ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def litegpt_reference(path):
+    """LiteGPT appendix A.1, verbatim (``pydicom.read_file`` is ``dcmread`` in pydicom 3).
+
+    Kept as published, hence the ``noqa`` markers."""
+    image_dicom = pydicom.dcmread(path)
+    image = image_dicom.pixel_array.astype(np.float64)
+
+    if image_dicom[0x00280004].value == "MONOCHROME1":  # noqa: SIM108
+        flip = -1
+    else:
+        flip = 1
+    try:
+        normalized_image = ((image - float(image_dicom[0x00281050].value)) / float(image_dicom[0x00281051].value))
+        image = ((np.clip(normalized_image, -1, 1) * flip * 127.5 + 127.5)).astype(np.uint8)  # noqa: UP034
+    except KeyError:
+        normalized_image = ((image - np.mean(image)) / (np.max(image) - np.min(image)))
+        image = ((np.clip(normalized_image, -1, 1) * flip * 127.5 + 127.5)).astype(np.uint8)  # noqa: UP034
+    return image
+
+
+# Window c=100, w=51: x <= 74.5 -> 0, x > 124.5 -> 255, else ((x - 99.5) / 50 + 0.5) * 255.
+STORED = np.array([[0, 74, 75, 100], [124, 125, 4095, 99]], dtype=np.uint16)
+EXPECTED = np.array([[0, 0, 3, 130], [252, 255, 255, 125]], dtype=np.uint8)
+
+
+def test_linear_window(tmp_path):
+    f = write_dicom(tmp_path / "a.dcm", STORED, WindowCenter="100", WindowWidth="51")
+    out = load_dicom_uint8(f)
+    assert out.dtype == np.uint8 and out.shape == STORED.shape
+    np.testing.assert_array_equal(out, EXPECTED)
+
+
+def test_monochrome1_inverted(tmp_path):
+    f = write_dicom(tmp_path / "m1.dcm", STORED, photometric="MONOCHROME1", WindowCenter="100", WindowWidth="51")
+    np.testing.assert_array_equal(load_dicom_uint8(f), 255 - EXPECTED)
+
+
+def test_multi_valued_window_uses_first(tmp_path):
+    f = write_dicom(tmp_path / "mv.dcm", STORED, WindowCenter=["100", "2000"], WindowWidth=["51", "4000"])
+    assert len(pydicom.dcmread(f).WindowCenter) == 2
+    np.testing.assert_array_equal(load_dicom_uint8(f), EXPECTED)
+
+
+def test_missing_window_uses_full_range(tmp_path):
+    stored = np.array([[10, 20, 30], [500, 1000, 1010]], dtype=np.uint16)
+    f = write_dicom(tmp_path / "nw.dcm", stored)
+    out = load_dicom_uint8(f)
+    expected = np.rint((stored - 10.0) / 1000.0 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+    assert out.min() == 0 and out.max() == 255
+    m1 = write_dicom(tmp_path / "nw1.dcm", stored, photometric="MONOCHROME1")
+    np.testing.assert_array_equal(load_dicom_uint8(m1), 255 - expected)
+
+
+def test_rescale_slope_intercept(tmp_path):
+    # Modality values 2 * s - 100 = [-100, 74, 100, 124, 300] under the window c=100, w=51.
+    stored = np.array([[0, 87, 100, 112, 200]], dtype=np.uint16)
+    f = write_dicom(tmp_path / "rs.dcm", stored, RescaleSlope="2", RescaleIntercept="-100",
+                    WindowCenter="100", WindowWidth="51")
+    np.testing.assert_array_equal(load_dicom_uint8(f), [[0, 0, 130, 252, 255]])
+
+
+def test_voi_lut_sequence(tmp_path):
+    item = Dataset()
+    item.LUTDescriptor = [256, 0, 16]
+    item.add_new(0x00283006, "US", [10 * i for i in range(256)])  # LUT Data
+    stored = np.array([[0, 1, 100, 255, 300]], dtype=np.uint16)
+    f = write_dicom(tmp_path / "lut.dcm", stored, VOILUTSequence=[item])
+    # Output spans the LUT's entries 0..2550 -> min(s, 255).
+    np.testing.assert_array_equal(load_dicom_uint8(f), [[0, 1, 100, 255, 255]])
+
+
+@pytest.mark.parametrize(
+    ("photometric", "tags"),
+    [
+        ("MONOCHROME2", {"WindowCenter": "1500", "WindowWidth": "900"}),
+        ("MONOCHROME1", {"WindowCenter": "1500", "WindowWidth": "900"}),
+        ("MONOCHROME2", {}),
+        ("MONOCHROME1", {}),
+        ("MONOCHROME2", {"WindowCenter": "1500", "WindowWidth": "900", "RescaleIntercept": "-1024",
+                         "RescaleSlope": "1"}),
+    ],
+)
+def test_litegpt_matches_reference_code(tmp_path, photometric, tags):
+    stored = np.random.default_rng(0).integers(0, 4096, (37, 53)).astype(np.uint16)
+    f = write_dicom(tmp_path / "l.dcm", stored, photometric=photometric, **tags)
+    out = load_dicom_uint8(f, windowing="litegpt")
+    np.testing.assert_array_equal(out, litegpt_reference(f))
+    assert out.dtype == np.uint8 and out.shape == stored.shape
+
+
+def test_litegpt_multi_valued_window_takes_first(tmp_path):
+    stored = np.random.default_rng(1).integers(0, 4096, (8, 9)).astype(np.uint16)
+    single = write_dicom(tmp_path / "s.dcm", stored, WindowCenter="1500", WindowWidth="900")
+    multi = write_dicom(tmp_path / "m.dcm", stored, WindowCenter=["1500", "100"], WindowWidth=["900", "50"])
+    with pytest.raises(TypeError):  # the reference's float(MultiValue)
+        litegpt_reference(multi)
+    np.testing.assert_array_equal(load_dicom_uint8(multi, windowing="litegpt"), litegpt_reference(single))
+
+
+def test_litegpt_differs_from_dicom_windowing(tmp_path):
+    f = write_dicom(tmp_path / "a.dcm", STORED, WindowCenter="100", WindowWidth="51")
+    # center +- width spans the output: x = 100 -> 127, x = 125 -> 190 (truncated).
+    assert load_dicom_uint8(f, windowing="litegpt")[0, 3] == 127
+    assert load_dicom_uint8(f, windowing="litegpt")[1, 1] == 190
+    with pytest.raises(ValueError, match="windowing"):
+        load_dicom_uint8(f, windowing="hu")
+
+
+def test_read_dicom_size(tmp_path):
+    f = write_dicom(tmp_path / "a.dcm", np.zeros((7, 11), dtype=np.uint16))
+    assert read_dicom_size(f) == (11, 7)
+
+
+def test_not_dicom_raises(tmp_path):
+    f = tmp_path / "notes.dicom"
+    f.write_text("image_id,rad_id\n")
+    for call in (load_dicom_uint8, read_dicom_size):
+        with pytest.raises(DicomReadError, match=r"notes\.dicom") as err:
+            call(f)
+        assert isinstance(err.value, ValueError) and err.value.path == str(f)
+
+
+def test_no_pixel_data_raises(tmp_path):
+    f = write_dicom(tmp_path / "header_only.dcm", None)
+    assert read_dicom_size(f) == (5, 3)
+    with pytest.raises(DicomReadError, match=r"header_only\.dcm.*no pixel data"):
+        load_dicom_uint8(f)
+
+
+def test_truncated_pixel_data_raises(tmp_path):
+    f = write_dicom(tmp_path / "short.dcm", np.zeros((4, 4), dtype=np.uint16))
+    ds = pydicom.dcmread(f)
+    ds.Rows = 400
+    ds.save_as(f, enforce_file_format=True)
+    with pytest.raises(DicomReadError, match=r"short\.dcm.*decode"):
+        load_dicom_uint8(f)
+
+
+TESTDATA = [
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jp2klossless.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "MR_small_bigendian.dcm",
+    "JPEG2000.dcm",
+    "JPEG-LL.dcm",
+]
+
+
+def _testdata(name):
+    try:
+        return get_testdata_file(name, download=False)
+    except Exception:  # pragma: no cover - network-free lookups should not raise
+        return None
+
+
+@pytest.mark.parametrize("name", TESTDATA)
+def test_pydicom_testdata_decodes(name):
+    path = _testdata(name)
+    if path is None:
+        pytest.skip(f"{name} is not available offline")
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    for windowing in ("dicom", "litegpt"):
+        out = load_dicom_uint8(path, windowing=windowing)
+        assert out.dtype == np.uint8 and out.shape == (ds.Rows, ds.Columns)
+    assert read_dicom_size(path) == (ds.Columns, ds.Rows)
+    assert load_dicom_uint8(path).std() > 0
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"])
+def test_lossless_compressed_equals_uncompressed(name):
+    path, ref = _testdata(name), _testdata("MR_small.dcm")
+    if path is None or ref is None:
+        pytest.skip("test data not available offline")
+    np.testing.assert_array_equal(load_dicom_uint8(path), load_dicom_uint8(ref))

@@ -1,0 +1,117 @@
+"""`python -m medgrounder.score` on small predictions files."""
+
+import json
+
+import pytest
+
+from medgrounder import score
+from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
+from medgrounder.data.prompts import identify_answer, vqa_answer
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def row(i, task, reference, prediction, **extra):
+    return {
+        "id": str(i),
+        "image_id": f"img{i}",
+        "task": task,
+        "prompt": "[INST] ...",
+        "reference": reference,
+        "prediction": prediction,
+        "image_width": 200,
+        "image_height": 100,
+        **extra,
+    }
+
+
+def test_identify(tmp_path, capsys):
+    gt = [("Cardiomegaly", (38, 49, 82, 63)), ("Aortic enlargement", (53, 28, 65, 36))]
+    rows = [
+        row(0, "vindr_identify", identify_answer(gt), identify_answer(gt)),
+        row(1, "vindr_identify", identify_answer(gt[:1]), "<p>Cardiomegaly</p> {<0><0><5><5>"),
+        # gt_boxes (pixels of the 200x100 image) take precedence over the reference.
+        row(
+            2,
+            "vindr_identify",
+            "",
+            identify_answer([("ILD", (10, 10, 20, 20))]),
+            gt_boxes=[["ILD", 20, 10, 40, 20]],
+        ),
+        row(3, "vindr_vqa", vqa_answer([]), vqa_answer([])),  # another task: skipped
+    ]
+    pred = write_jsonl(tmp_path / "predictions.jsonl", rows)
+    out = tmp_path / "sub" / "metrics.json"
+    assert (
+        score.main(["--predictions", str(pred), "--task", "vindr_identify", "--out", str(out)]) == 0
+    )
+    text = out.read_text()
+    m = json.loads(text)
+    assert list(m) == sorted(m)
+    assert m["num_samples"] == 3 and m["valid_rate"] == pytest.approx(2 / 3)
+    assert m["num_gt"] == 4 and m["num_pred"] == 3
+    for t in ("0.3", "0.4", "0.5"):
+        assert m[f"acc@{t}"] == 0.75 and m[f"acc_strict@{t}"] == 0.75
+    for name in LOCAL_LABELS:
+        assert f"local/{name}/f1" in m
+    assert m["local/Cardiomegaly/recall"] == 0.5 and m["local/Cardiomegaly/support"] == 2
+    assert m["local/micro/support"] == 4
+    stdout = capsys.readouterr().out
+    assert "| Local labels | Precision | Recall | F1-score | Support |" in stdout
+    assert "| model | 75.00 | 75.00 | 75.00 |" in stdout
+    assert "| samples avg |" in stdout
+
+
+def test_vqa(tmp_path, capsys):
+    rows = [
+        row(0, "vindr_vqa", vqa_answer(["Pneumonia", "Tuberculosis"]), vqa_answer(["Pneumonia"])),
+        row(1, "vindr_vqa", vqa_answer([]), vqa_answer([])),
+        row(2, "vindr_vqa", vqa_answer(["Lung tumor"]), "Global diseases are no tumor"),
+        row(3, "vqa", vqa_answer(["Other disease"]), "Other diseases."),
+    ]
+    pred = write_jsonl(tmp_path / "predictions.jsonl", rows)
+    out = tmp_path / "metrics.json"
+    assert score.main(["--predictions", str(pred), "--task", "vindr_vqa", "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["num_samples"] == 4 and m["valid_rate"] == 0.75
+    for name in [*GLOBAL_LABELS, "micro", "macro", "weighted", "samples"]:
+        for k in ("precision", "recall", "f1", "support"):
+            assert f"global/{name}/{k}" in m
+    assert m["global/Pneumonia/f1"] == 1.0 and m["global/Tuberculosis/recall"] == 0.0
+    assert m["global/micro/precision"] == 1.0 and m["global/micro/recall"] == 0.6
+    # Binary: 3 finding images (one invalid -> wrong), 1 no-finding image.
+    assert m["finding/recall"] == pytest.approx(2 / 3) and m["finding/precision"] == 1.0
+    assert m["no_finding/recall"] == 1.0 and m["no_finding/precision"] == 0.5
+    assert m["finding/accuracy"] == 0.75
+    assert "| Global labels | Precision |" in capsys.readouterr().out
+
+
+def test_malformed_line_names_file_and_line(tmp_path, capsys):
+    pred = tmp_path / "predictions.jsonl"
+    good = json.dumps(row(0, "vindr_vqa", vqa_answer([]), vqa_answer([])))
+    pred.write_text(f"{good}\n\n{good}\n{{not json\n", encoding="utf-8")
+    assert score.main(["--predictions", str(pred), "--task", "vindr_vqa"]) == 1
+    err = capsys.readouterr().err
+    assert f"{pred}:4:" in err and "malformed" in err
+
+
+def test_missing_field_names_line(tmp_path, capsys):
+    pred = write_jsonl(tmp_path / "p.jsonl", [{"id": "0", "prediction": "x"}])
+    assert score.main(["--predictions", str(pred), "--task", "vindr_vqa"]) == 1
+    assert ":1: missing field(s) reference" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["mscxr_refer", "caption"])
+def test_not_implemented(tmp_path, capsys, task):
+    pred = write_jsonl(tmp_path / "p.jsonl", [])
+    assert score.main(["--predictions", str(pred), "--task", task]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_unknown_task_is_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        score.main(["--predictions", str(tmp_path / "p.jsonl"), "--task", "nope"])
+    assert e.value.code == 2
