@@ -26,7 +26,7 @@ def synth_vindr_root(tmp_path_factory):
 def compose_train(overrides: list[str] | None = None):
     """The real train config, composed as the command line would."""
     with initialize_config_module("medgrounder.conf", version_base="1.3"):
-        return compose("train", overrides=list(overrides or []), return_hydra_config=True)
+        return compose("train", overrides=list(overrides or []))
 
 
 def tiny_run_overrides(root, out_dir) -> list[str]:
@@ -38,7 +38,6 @@ def tiny_run_overrides(root, out_dir) -> list[str]:
         "data.eval_batch_size=8",
         "data.decode_workers=1",
         f"paths.output_dir={out_dir}",
-        f"hydra.run.dir={out_dir}",
         "model.max_new_tokens=24",
         "logger.wandb.mode=offline",
         "trainer.accelerator=cpu",

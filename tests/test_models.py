@@ -93,7 +93,7 @@ def test_labels_cover_answer_tokens_only():
     for i, answer in enumerate(answers):
         labels = batch["text_labels"][i]
         kept = labels[labels != IGNORE_INDEX].tolist()
-        assert kept == tok.encode(answer, add_special_tokens=False) + [tok.eos_token_id]
+        assert kept == [*tok.encode(answer, add_special_tokens=False), tok.eos_token_id]
         # Padding is never a target and is masked out of attention.
         assert (batch["text_mask"][i] == 0).sum() == (batch["text_ids"][i] == tok.pad_token_id).sum()
 

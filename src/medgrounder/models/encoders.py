@@ -16,6 +16,7 @@ from a hub id or a local directory through the same code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -23,6 +24,37 @@ from torch import nn
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def sincos_2d(side: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position table ``[side * side, dim]`` in raster order (MAE style):
+    the first half of the channels encodes the column, the second half the row."""
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
+    freqs = 1.0 / (10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4)))
+    coords = torch.arange(side, dtype=torch.float64)
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+
+    def enc(v: torch.Tensor) -> torch.Tensor:
+        angles = v.reshape(-1, 1) * freqs
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([enc(xs), enc(ys)], dim=1).float()
+
+
+def _init_position_table(param: torch.Tensor, prefix_tokens: int, how: str) -> None:
+    """Randomly initialised towers have near-zero learned position embeddings (std 0.02), so
+    their patch tokens barely say where they are; pretrained towers learned it. ``sincos``
+    gives a tiny random tower that property at init."""
+    if how == "default":
+        return
+    if how != "sincos":
+        raise ValueError(f"pos_embed_init must be 'default' or 'sincos', got {how!r}")
+    table = param.data.view(-1, param.shape[-1])
+    n = table.shape[0] - prefix_tokens
+    side = math.isqrt(n)
+    with torch.no_grad():
+        table[prefix_tokens:] = sincos_2d(side, table.shape[1]).to(table.dtype)
 
 
 class VisionTower(nn.Module):
@@ -64,12 +96,15 @@ class TimmViT(VisionTower):
         image_size: int = 224,
         mean: Sequence[float] = OPENAI_CLIP_MEAN,
         std: Sequence[float] = OPENAI_CLIP_STD,
+        pos_embed_init: str = "default",
     ):
         super().__init__(image_size, mean, std)
         import timm
 
         kwargs = {"img_size": image_size, "num_classes": 0, **(model_kwargs or {})}
         self.trunk = timm.create_model(model_name, pretrained=False, **kwargs)
+        prefix = 0 if self.trunk.no_embed_class else self.trunk.num_prefix_tokens
+        _init_position_table(self.trunk.pos_embed, prefix, pos_embed_init)
         self.width = self.trunk.embed_dim
         self.num_tokens = self.trunk.patch_embed.num_patches
 
@@ -92,6 +127,7 @@ class HFCLIPVision(VisionTower):
         image_size: int = 224,
         mean: Sequence[float] = OPENAI_CLIP_MEAN,
         std: Sequence[float] = OPENAI_CLIP_STD,
+        pos_embed_init: str = "default",
     ):
         super().__init__(image_size, mean, std)
         from transformers import CLIPVisionConfig, CLIPVisionModel
@@ -100,6 +136,7 @@ class HFCLIPVision(VisionTower):
             self.model = CLIPVisionModel.from_pretrained(pretrained)
         else:
             self.model = CLIPVisionModel(CLIPVisionConfig(image_size=image_size, **(config or {})))
+            _init_position_table(_clip_position_table(self.model), 1, pos_embed_init)
         cfg = self.model.config
         if cfg.image_size != image_size:
             raise ValueError(f"CLIP vision config has image_size {cfg.image_size}, encoder config says {image_size}")
@@ -108,6 +145,10 @@ class HFCLIPVision(VisionTower):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=self.normalize(images)).last_hidden_state[:, 1:]
+
+
+def _clip_position_table(model: nn.Module) -> torch.Tensor:
+    return next(p for n, p in model.named_parameters() if n.endswith("position_embedding.weight"))
 
 
 class FusedTowers(nn.Module):
