@@ -148,3 +148,27 @@ def test_lora_trains_only_adapters():
     frozen = dict(model.llm.named_parameters())
     base_q = next(n for n in frozen if n.endswith("q_proj.base_layer.weight"))
     assert not frozen[base_q].requires_grad
+
+
+def test_optimizer_groups_and_schedule():
+    from medgrounder.models.vlm import warmup_cosine
+
+    model = tiny_vlm()
+    model.encoder.requires_grad_(True)
+    model.optim.update(lr=1e-3, encoder_lr=1e-4, weight_decay=0.05)
+
+    class _Trainer:
+        estimated_stepping_batches = 100
+
+    model._trainer = _Trainer()
+    opt = model.configure_optimizers()["optimizer"]
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert by_param[id(named["llm.lm_head.weight"])]["weight_decay"] == 0.05
+    assert by_param[id(named["llm.model.norm.weight"])]["weight_decay"] == 0.0
+    assert by_param[id(named["projector.0.bias"])]["weight_decay"] == 0.0
+    assert by_param[id(named["encoder.towers.0.trunk.patch_embed.proj.weight"])]["lr"] == 1e-4
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in model.parameters())
+    f = warmup_cosine(1e-3, 100, 10, 0.0, 1e-5)
+    assert f(0) == 0.0 and f(5) == pytest.approx(0.5) and f(10) == pytest.approx(1.0)
+    assert f(100) * 1e-3 == pytest.approx(1e-5)

@@ -12,19 +12,18 @@ batched with the KV cache; prompts are left-padded so every row continues from i
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import lightning as L
 import torch
 from torch import nn
 
+from medgrounder.data.collate import IGNORE_INDEX
 from medgrounder.data.prompts import PROMPT_PREFIX
 from medgrounder.models.fusion import merge_tokens, merged_token_count
 from medgrounder.models.llm import build_llm
 from medgrounder.models.projector import build_projector
 from medgrounder.models.tokenizer import load_tokenizer
 
-IGNORE_INDEX = -100
 ENCODER_TRAIN_MODES = ("frozen", "full")
 
 
@@ -144,13 +143,20 @@ class VisionLanguageModel(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        decay, no_decay = [], []
+        # Biases and norms without weight decay; trainable towers may take their own lr.
+        groups: dict[tuple[bool, bool], list] = {}
         for name, p in self.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-        groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]))
+                key = (name.startswith("encoder."), p.ndim < 2 or "norm" in name)
+                groups.setdefault(key, []).append(p)
+        encoder_lr = o.get("encoder_lr") or o["lr"]
+        opt = torch.optim.AdamW(
+            [{"params": ps, "lr": encoder_lr if enc else o["lr"], "weight_decay": 0.0 if no_wd else o["weight_decay"]}
+             for (enc, no_wd), ps in sorted(groups.items())],
+            lr=o["lr"], betas=tuple(o["betas"]),
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        # One multiplier for every group: each follows the schedule relative to its own base lr.
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o["lr"], total, o["warmup_steps"],
                                                                      o["warmup_start_lr"], o["min_lr"]))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -169,12 +175,3 @@ def warmup_cosine(lr: float, total_steps: int, warmup_steps: int, warmup_start_l
 
     return factor
 
-
-def count_parameters(module: nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in module.parameters())
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return total, trainable
-
-
-def describe(module: VisionLanguageModel) -> dict[str, Sequence[int] | int]:
-    return {"visual_tokens": module.num_visual_tokens, "tokens_per_tower": module.tokens_per_tower}
