@@ -4,6 +4,7 @@ both stages with fast_dev_run, determinism, and a short run whose loss falls."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,29 @@ def _losses(csv_path: Path) -> list[float]:
 
     with open(csv_path) as f:
         return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_evaluate_rebuilds_from_checkpoint_and_checks_keys(synth_vindr_root, tmp_path):
+    import torch
+
+    from medgrounder.evaluate import evaluate_checkpoint
+
+    out = tmp_path / "run"
+    trained = run(compose_train([*tiny_run_overrides(synth_vindr_root, out), "+trainer.fast_dev_run=true"]))
+    metrics = evaluate_checkpoint(out / "checkpoints" / "vqa.pt", tmp_path / "eval", num_figure_images=1)
+    assert metrics == {"vindr_vqa": trained["vindr_vqa"]}
+    assert (tmp_path / "eval" / "predictions.jsonl").read_text() == "".join(
+        line + "\n" for line in (out / "predictions.jsonl").read_text().splitlines() if '"task": "vqa"' in line)
+
+    ckpt = torch.load(out / "checkpoints" / "vqa.pt", weights_only=False)
+    dropped = sorted(ckpt["state_dict"])[0]
+    del ckpt["state_dict"][dropped]
+    torch.save(ckpt, tmp_path / "broken.pt")
+    with pytest.raises(KeyError, match=re.escape(dropped)):
+        evaluate_checkpoint(tmp_path / "broken.pt", tmp_path / "eval2")
+
+    ckpt = torch.load(out / "checkpoints" / "vqa.pt", weights_only=False)
+    ckpt["config"]["seed"] += 1  # other random tiny towers than those trained with
+    torch.save(ckpt, tmp_path / "reseeded.pt")
+    with pytest.raises(ValueError, match="frozen weights"):
+        evaluate_checkpoint(tmp_path / "reseeded.pt", tmp_path / "eval3")

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import hydra
+import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -108,7 +109,8 @@ def write_reports(out_dir: Path, metrics: dict, rows: list[dict], figures: list)
 
 def load_stage_checkpoint(module, path: str | Path) -> dict:
     """Load a stage checkpoint's trainable weights; every saved key must match a parameter that
-    training changes in this model, and every such parameter must be present."""
+    training changes in this model, every such parameter must be present, and the frozen weights
+    must be the ones it was trained with."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     expected = set(module.trainable_state_dict())
     saved = set(ckpt["state_dict"])
@@ -117,22 +119,32 @@ def load_stage_checkpoint(module, path: str | Path) -> dict:
         raise KeyError(f"checkpoint {path} does not match the model: missing {missing[:20]}"
                        f"{' ...' if len(missing) > 20 else ''}, unexpected {unexpected[:20]}")
     module.load_state_dict(ckpt["state_dict"], strict=False)
+    if ckpt.get("frozen_fingerprint") not in (None, module.frozen_fingerprint()):
+        raise ValueError(f"checkpoint {path}: the frozen weights of this model differ from those it was "
+                         "trained with (other pretrained files, or another seed for random towers)")
     return ckpt
+
+
+def evaluate_checkpoint(ckpt_path: str | Path, out_dir: str | Path, num_figure_images: int = 8) -> dict:
+    """Rebuild the model from a stage checkpoint's config, load its weights strictly and evaluate
+    that stage's task on the test split; writes the reports into ``out_dir``."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    run_cfg = OmegaConf.create(ckpt["config"])
+    L.seed_everything(run_cfg.seed, workers=True)  # random tiny towers are rebuilt as in training
+    module = instantiate(run_cfg.model)
+    load_stage_checkpoint(module, ckpt_path)
+    datamodule = instantiate(run_cfg.data, tokenizer=module.tokenizer)
+    datamodule.setup("test")
+    task = run_cfg.stages[ckpt["stage"]].task
+    metrics, rows, figure = evaluate_task(module, datamodule, task, num_figure_images)
+    write_reports(Path(out_dir), metrics, rows, [figure] if figure else [])
+    return metrics
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)
-    run_cfg = OmegaConf.create(ckpt["config"])
-    module = instantiate(run_cfg.model)
-    load_stage_checkpoint(module, cfg.ckpt_path)
-    datamodule = instantiate(run_cfg.data, tokenizer=module.tokenizer)
-    datamodule.setup("test")
-    task = run_cfg.stages[ckpt["stage"]].task
-    metrics, rows, figure = evaluate_task(module, datamodule, task, cfg.num_figure_images)
-    out_dir = Path(cfg.paths.output_dir)
-    write_reports(out_dir, metrics, rows, [figure] if figure else [])
-    print((out_dir / "tables.md").read_text())
+    evaluate_checkpoint(cfg.ckpt_path, cfg.paths.output_dir, cfg.num_figure_images)
+    print((Path(cfg.paths.output_dir) / "tables.md").read_text())
 
 
 if __name__ == "__main__":

@@ -42,11 +42,13 @@ def build_loggers(cfg: DictConfig, stage: str) -> list:
 
 
 def save_stage_checkpoint(module, cfg: DictConfig, stage: str, out_dir: Path) -> Path:
-    """Trainable weights plus the resolved config; written to a temporary name then renamed."""
+    """Trainable weights, a digest of the frozen ones and the resolved config; written to a
+    temporary name then renamed, so a killed run never leaves a half-written checkpoint."""
     path = out_dir / "checkpoints" / f"{stage}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"stage": stage, "state_dict": module.trainable_state_dict(),
+                "frozen_fingerprint": module.frozen_fingerprint(),
                 "config": OmegaConf.to_container(cfg, resolve=True)}, tmp)
     tmp.replace(path)
     return path

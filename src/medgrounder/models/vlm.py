@@ -141,6 +141,21 @@ class VisionLanguageModel(L.LightningModule):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v.detach().cpu() for k, v in self.state_dict().items() if k in names}
 
+    @torch.no_grad()
+    def frozen_fingerprint(self) -> str:
+        """A digest of the weights training does not change (towers, frozen LLM). A stage
+        checkpoint keeps only trainable weights; the digest proves the rest was rebuilt the same
+        (same pretrained files, or the same seed for random tiny towers)."""
+        import hashlib
+
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            if name not in trainable and tensor.is_floating_point() and tensor.device.type != "meta":
+                t = tensor.double()
+                digest.update(f"{name}:{t.sum().item():.12e}:{t.abs().sum().item():.12e}".encode())
+        return digest.hexdigest()
+
     def configure_optimizers(self):
         o = self.optim
         # Biases and norms without weight decay; trainable towers may take their own lr.
