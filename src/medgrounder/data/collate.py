@@ -1,0 +1,61 @@
+"""Batching: images to floats, prompt suffix + answer to right-padded ids with answer-only labels,
+and the prompt alone for generation."""
+
+from __future__ import annotations
+
+import torch
+
+from medgrounder.data.prompts import prompt_suffix
+
+IGNORE_INDEX = -100
+
+
+class PromptCollator:
+    """``[{image: uint8 [S, S], task, answer, meta}] -> batch``.
+
+    ``images`` [B, 3, S, S] in [0, 1] (grey replicated to RGB; each tower normalises itself);
+    ``text_ids / text_mask / text_labels`` [B, T]: ``</Img> [task] instruction [/INST] answer</s>``,
+    right-padded, labels ``-100`` outside the answer; ``prompt_ids / prompt_mask`` [B, T']: the
+    suffix alone, right-padded (generation moves the padding in front of the image).
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._suffix_cache: dict[str, list[int]] = {}
+
+    def _suffix(self, task: str) -> list[int]:
+        if task not in self._suffix_cache:
+            self._suffix_cache[task] = self.tokenizer.encode(prompt_suffix(task), add_special_tokens=False)
+        return self._suffix_cache[task]
+
+    def __call__(self, items: list[dict]) -> dict:
+        pad = self.tokenizer.pad_token_id
+        eos = self.tokenizer.eos_token_id
+        images = torch.stack([it["image"] for it in items]).float().div_(255.0)
+        images = images.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+        suffixes = [self._suffix(it["task"]) for it in items]
+        answers = self.tokenizer([it["answer"] for it in items], add_special_tokens=False)["input_ids"]
+        seqs = [s + a + [eos] for s, a in zip(suffixes, answers, strict=True)]
+        t = max(map(len, seqs))
+        text_ids = torch.full((len(items), t), pad, dtype=torch.long)
+        text_labels = torch.full((len(items), t), IGNORE_INDEX, dtype=torch.long)
+        text_mask = torch.zeros((len(items), t), dtype=torch.long)
+        for i, (s, seq) in enumerate(zip(suffixes, seqs, strict=True)):
+            text_ids[i, : len(seq)] = torch.tensor(seq)
+            text_mask[i, : len(seq)] = 1
+            text_labels[i, len(s) : len(seq)] = torch.tensor(seq[len(s) :])
+        tp = max(map(len, suffixes))
+        prompt_ids = torch.full((len(items), tp), pad, dtype=torch.long)
+        prompt_mask = torch.zeros((len(items), tp), dtype=torch.long)
+        for i, s in enumerate(suffixes):
+            prompt_ids[i, : len(s)] = torch.tensor(s)
+            prompt_mask[i, : len(s)] = 1
+        return {
+            "images": images,
+            "text_ids": text_ids,
+            "text_mask": text_mask,
+            "text_labels": text_labels,
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "meta": [it["meta"] for it in items],
+        }

@@ -1,0 +1,222 @@
+"""VinDr-CXR DataModule: records -> 8-bit images at the encoder's size -> prompt / answer batches.
+
+Labels come from :func:`medgrounder.data.vindr.load_vindr_physionet` (reader conflicts removed,
+boxes de-duplicated, sizes from the DICOM headers); pixels from
+:func:`medgrounder.data.dicom.load_dicom_uint8`, decoded once per process and kept in memory as
+``uint8 [N, S, S]`` (resized without keeping the aspect ratio, as LiteGPT does: the 0-100 grid is
+relative to the original width and height, so it survives the resize).
+
+The task (``identify`` or ``vqa``) is switched between stages with :meth:`set_task`; the
+validation split is a seeded fraction of the training images.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from medgrounder.data.boxes import to_grid
+from medgrounder.data.collate import PromptCollator
+from medgrounder.data.dicom import load_dicom_uint8
+from medgrounder.data.labels import NO_FINDING
+from medgrounder.data.prompts import identify_answer, vqa_answer
+from medgrounder.data.vindr import VinDrRecord, load_vindr_physionet
+
+log = logging.getLogger(__name__)
+TASKS = ("identify", "grounding", "vqa")
+
+
+def _load_resized(args: tuple[str, int, str]) -> np.ndarray:
+    path, size, windowing = args
+    img = load_dicom_uint8(path, windowing=windowing)
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
+@dataclass
+class Sample:
+    index: int  # row in the image cache
+    record: VinDrRecord
+    task: str
+    answer: str
+
+
+class SampleDataset(Dataset):
+    def __init__(self, samples: list[Sample], images: torch.Tensor):
+        self.samples = samples
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.samples[i]
+        r = s.record
+        return {
+            "image": self.images[s.index],
+            "task": s.task,
+            "answer": s.answer,
+            "meta": {
+                "id": f"{r.image_id}:{s.task}",
+                "image_id": r.image_id,
+                "task": s.task,
+                "reference": s.answer,
+                "image_width": r.width,
+                "image_height": r.height,
+                "gt_boxes": [[name, *box] for name, box in r.findings],
+                "gt_labels": list(r.global_labels),
+            },
+        }
+
+
+class VinDrDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        root: str,
+        tokenizer=None,
+        task: str = "identify",
+        image_size: int = 224,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+        windowing: str = "dicom",
+        dedup_iou: float = 0.5,
+        dedup_mode: str = "medoid",
+        identify_abnormal_only: bool = True,
+        decode_workers: int = 2,
+        limit_train_images: int | None = None,
+        synth: dict | None = None,
+    ):
+        super().__init__()
+        self.root = root
+        self.synth = dict(synth) if synth else None
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.windowing = windowing
+        self.dedup_iou = dedup_iou
+        self.dedup_mode = dedup_mode
+        self.identify_abnormal_only = identify_abnormal_only
+        self.decode_workers = decode_workers
+        self.limit_train_images = limit_train_images
+        self.set_task(task)
+        self.records: dict[str, list[VinDrRecord]] = {}
+        self.images: dict[str, torch.Tensor] = {}
+        self.reports: dict[str, dict] = {}
+
+    def set_task(self, task: str) -> None:
+        if task not in TASKS:
+            raise ValueError(f"VinDr task must be one of {TASKS}, got {task!r}")
+        self.task = task
+
+    # ------------------------------------------------------------------ loading
+    def prepare_data(self) -> None:
+        """With ``synth`` set, write the synthetic dataset at ``root`` unless it is there already
+        (into a temporary sibling renamed at the end, so an interrupted run leaves no half dataset)."""
+        root = Path(self.root)
+        if not self.synth or (root / "annotations" / "annotations_test.csv").exists():
+            return
+        from medgrounder.synth import synth_vindr
+
+        tmp = root.with_name(root.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        synth_vindr(str(tmp), **self.synth)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(root)
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in ("train", "test"):
+            if split in self.records:
+                continue
+            records, report = load_vindr_physionet(self.root, split, self.dedup_iou, self.dedup_mode)
+            if split == "train" and self.limit_train_images:
+                records = records[: self.limit_train_images]
+            self.records[split] = records
+            self.reports[split] = report
+            self.images[split] = self._decode(records, split)
+            log.info("VinDr %s: %d images (%d removed for reader conflicts)", split, len(records),
+                     report.get("removed_conflicts", 0))
+
+    def _decode(self, records: list[VinDrRecord], split: str) -> torch.Tensor:
+        jobs = [(r.path, self.image_size, self.windowing) for r in records]
+        desc = f"decode VinDr {split} ({self.image_size}px)"
+        if self.decode_workers > 1 and len(jobs) > 64:
+            with ProcessPoolExecutor(self.decode_workers) as pool:
+                arrays = list(tqdm(pool.map(_load_resized, jobs, chunksize=32), total=len(jobs), desc=desc))
+        else:
+            arrays = [_load_resized(j) for j in tqdm(jobs, desc=desc)]
+        if not arrays:
+            return torch.empty(0, self.image_size, self.image_size, dtype=torch.uint8)
+        return torch.from_numpy(np.stack(arrays))
+
+    def _split_train_val(self) -> tuple[list[int], list[int]]:
+        n = len(self.records["train"])
+        order = np.random.default_rng(self.seed).permutation(n)
+        n_val = int(round(n * self.val_fraction))
+        return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+    def samples(self, split: str, task: str | None = None) -> list[Sample]:
+        """Samples of ``split`` in ``train | val | test`` for ``task`` (default: the current one)."""
+        task = task or self.task
+        source = "test" if split == "test" else "train"
+        records = self.records[source]
+        if split == "test":
+            indices = list(range(len(records)))
+        else:
+            train_idx, val_idx = self._split_train_val()
+            indices = train_idx if split == "train" else val_idx
+        out = []
+        for i in indices:
+            r = records[i]
+            if task in ("identify", "grounding"):
+                if self.identify_abnormal_only and split != "test" and not r.findings:
+                    continue
+                answer = identify_answer((n, to_grid(b, r.width, r.height)) for n, b in r.findings)
+            else:
+                answer = vqa_answer(g for g in r.global_labels if g != NO_FINDING)
+            out.append(Sample(i, r, task, answer))
+        return out
+
+    def dataset(self, split: str, task: str | None = None) -> SampleDataset:
+        return SampleDataset(self.samples(split, task), self.images["test" if split == "test" else "train"])
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, split: str, shuffle: bool, batch_size: int, task: str | None = None) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.dataset(split, task),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=PromptCollator(self.tokenizer),
+            generator=generator if shuffle else None,
+            drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.eval_batch_size)
+
+    def test_dataloader(self, task: str | None = None) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size, task)
+
+    def train_findings(self) -> list[tuple[str, tuple[int, int, int, int]]]:
+        """All training findings on the 0-100 grid (for the mean-box baseline)."""
+        return [(n, to_grid(b, r.width, r.height)) for r in self.records["train"] for n, b in r.findings]

@@ -1,0 +1,52 @@
+"""VinDr-CXR label vocabulary (PhysioNet release 1.0.0).
+
+The 22 local labels carry boxes; the 6 global labels are image-level diagnoses. The order is
+the column order of ``image_labels_*.csv`` and of the LiteGPT tables (appendix C).
+"""
+
+LOCAL_LABELS: tuple[str, ...] = (
+    "Aortic enlargement",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Clavicle fracture",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Enlarged PA",
+    "ILD",
+    "Infiltration",
+    "Lung Opacity",
+    "Lung cavity",
+    "Lung cyst",
+    "Mediastinal shift",
+    "Nodule/Mass",
+    "Pleural effusion",
+    "Pleural thickening",
+    "Pneumothorax",
+    "Pulmonary fibrosis",
+    "Rib fracture",
+    "Other lesion",
+)
+
+# Canonical spelling follows the test file and the papers' tables ("Other disease"); the
+# training file spells the column "Other diseases" (see ``GLOBAL_ALIASES``).
+GLOBAL_LABELS: tuple[str, ...] = (
+    "COPD",
+    "Lung tumor",
+    "Pneumonia",
+    "Tuberculosis",
+    "Other disease",
+    "No finding",
+)
+
+NO_FINDING = "No finding"
+GLOBAL_ALIASES: dict[str, str] = {"Other diseases": "Other disease"}
+
+LOCAL_INDEX = {name: i for i, name in enumerate(LOCAL_LABELS)}
+GLOBAL_INDEX = {name: i for i, name in enumerate(GLOBAL_LABELS)}
+
+
+def canonical_global(name: str) -> str:
+    """Map a global label as spelled in either csv to its canonical name."""
+    return GLOBAL_ALIASES.get(name, name)
