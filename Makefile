@@ -27,7 +27,7 @@ test: install ## Run the test suite (CPU only)
 	$(PY) -m pytest -q $(ARGS)
 
 lint: install ## ruff check
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench
 
 clean: ## Remove run outputs and caches (keeps .venv and data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -167,7 +167,7 @@ class VinDrDataModule(L.LightningDataModule):
     def _split_train_val(self) -> tuple[list[int], list[int]]:
         n = len(self.records["train"])
         order = np.random.default_rng(self.seed).permutation(n)
-        n_val = int(round(n * self.val_fraction))
+        n_val = round(n * self.val_fraction)
         return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
     def samples(self, split: str, task: str | None = None) -> list[Sample]:
