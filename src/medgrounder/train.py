@@ -9,7 +9,6 @@ one W&B run per stage (offline when there is no key or network).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from medgrounder.evaluate import evaluate_task, write_reports
@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> dict:
             for lg in loggers:
                 lg.log_metrics({f"test/{k}": v for k, v in _flatten(task_metrics).items()}, step=trainer.global_step)
         for lg in loggers:
-            if hasattr(lg, "experiment") and type(lg).__name__ == "WandbLogger":
+            if isinstance(lg, WandbLogger):  # one W&B run per stage
                 lg.experiment.finish()
     if metrics:
         write_reports(out_dir, metrics, rows, figures)
@@ -107,15 +107,14 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
     for k, v in d.items():
         if isinstance(v, dict):
             out.update(_flatten(v, f"{prefix}{k}/"))
-        elif isinstance(v, (int, float)) and v is not None:
+        elif isinstance(v, (int, float)):
             out[f"{prefix}{k}"] = float(v)
     return out
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    metrics = run(cfg)
-    log.info(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}))
+    run(cfg)
 
 
 if __name__ == "__main__":
