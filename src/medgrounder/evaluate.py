@@ -107,12 +107,11 @@ def write_reports(out_dir: Path, metrics: dict, rows: list[dict], figures: list)
         save_grid(panels, out_dir / "boxes.png", cols=4)
 
 
-def load_stage_checkpoint(module, path: str | Path) -> dict:
-    """Load a stage checkpoint's trainable weights; every saved key must match a parameter that
-    training changes in this model, every such parameter must be present, and the frozen weights
-    must be the ones it was trained with."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    expected = set(module.trainable_state_dict())
+def load_stage_checkpoint(module, ckpt: dict, path: str | Path) -> None:
+    """Load a stage checkpoint's trainable weights (``ckpt`` as read from ``path``); every saved
+    key must match a parameter that training changes in this model, every such parameter must be
+    present, and the frozen weights must be the ones it was trained with."""
+    expected = module.trainable_names()
     saved = set(ckpt["state_dict"])
     missing, unexpected = sorted(expected - saved), sorted(saved - expected)
     if missing or unexpected:
@@ -122,7 +121,6 @@ def load_stage_checkpoint(module, path: str | Path) -> dict:
     if ckpt.get("frozen_fingerprint") not in (None, module.frozen_fingerprint()):
         raise ValueError(f"checkpoint {path}: the frozen weights of this model differ from those it was "
                          "trained with (other pretrained files, or another seed for random towers)")
-    return ckpt
 
 
 def evaluate_checkpoint(ckpt_path: str | Path, out_dir: str | Path, num_figure_images: int = 8) -> dict:
@@ -132,7 +130,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, out_dir: str | Path, num_figure_i
     run_cfg = OmegaConf.create(ckpt["config"])
     L.seed_everything(run_cfg.seed, workers=True)  # random tiny towers are rebuilt as in training
     module = instantiate(run_cfg.model)
-    load_stage_checkpoint(module, ckpt_path)
+    load_stage_checkpoint(module, ckpt, ckpt_path)
     datamodule = instantiate(run_cfg.data, tokenizer=module.tokenizer)
     datamodule.setup("test")
     task = run_cfg.stages[ckpt["stage"]].task

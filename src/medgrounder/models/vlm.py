@@ -138,8 +138,11 @@ class VisionLanguageModel(L.LightningModule):
     # ----------------------------------------------------------------- optimisation
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights that training changes (what a stage hand-off checkpoint keeps)."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        names = self.trainable_names()
         return {k: v.detach().cpu() for k, v in self.state_dict().items() if k in names}
+
+    def trainable_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
     def frozen_fingerprint(self) -> str:
@@ -148,7 +151,7 @@ class VisionLanguageModel(L.LightningModule):
         (same pretrained files, or the same seed for random tiny towers)."""
         import hashlib
 
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        trainable = self.trainable_names()
         digest = hashlib.sha256()
         for name, tensor in sorted(self.state_dict().items()):
             if name not in trainable and tensor.is_floating_point() and tensor.device.type != "meta":
