@@ -5,12 +5,19 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from medgrounder.data.dicom import DicomReadError, load_dicom_uint8, read_dicom_size
+from medgrounder.data.dicom import (
+    WINDOWINGS,
+    DicomReadError,
+    _native_pixels,
+    load_dicom_uint8,
+    read_dicom_size,
+)
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 
 
-def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=12, **tags):
+def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=12, bits_allocated=16, signed=False,
+                **tags):
     """A minimal Explicit VR Little Endian file; ``pixels=None`` leaves out Pixel Data."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DX
@@ -23,11 +30,13 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=12, **tags)
     ds.Rows, ds.Columns = rows, cols
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = int(signed)
     for key, value in tags.items():
         setattr(ds, key, value)
     if pixels is not None:
-        ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+        dtype = f"<{'i' if signed else 'u'}{bits_allocated // 8}"
+        ds.PixelData = np.ascontiguousarray(pixels).astype(dtype).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -197,6 +206,7 @@ def test_pydicom_testdata_decodes(name):
     for windowing in ("dicom", "litegpt"):
         out = load_dicom_uint8(path, windowing=windowing)
         assert out.dtype == np.uint8 and out.shape == (ds.Rows, ds.Columns)
+        np.testing.assert_array_equal(out, load_dicom_uint8(path, windowing=windowing, fast=False))
     assert read_dicom_size(path) == (ds.Columns, ds.Rows)
     assert load_dicom_uint8(path).std() > 0
 
@@ -207,3 +217,60 @@ def test_lossless_compressed_equals_uncompressed(name):
     if path is None or ref is None:
         pytest.skip("test data not available offline")
     np.testing.assert_array_equal(load_dicom_uint8(path), load_dicom_uint8(ref))
+
+
+# The fast path (native bytes + a lookup table) must give the reference path's array exactly.
+
+
+def _same_both_ways(path, windowing):
+    fast = load_dicom_uint8(path, windowing)
+    np.testing.assert_array_equal(fast, load_dicom_uint8(path, windowing, fast=False))
+    return fast
+
+
+@pytest.mark.parametrize("windowing", WINDOWINGS)
+def test_fast_path_equals_reference_on_synthetic_set(synth_vindr_root, windowing):
+    paths = sorted(synth_vindr_root.glob("*/*.dicom"))
+    assert len(paths) == 40  # MONOCHROME1, 0 / 1 / 2 windows, rescale, 12 / 14 / 16 bits
+    for path in paths:
+        assert _native_pixels(pydicom.dcmread(path)) is not None
+        _same_both_ways(path, windowing)
+
+
+RNG = np.random.default_rng(7)
+NOISE = RNG.integers(0, 4096, (31, 45))
+EDGE_CASES = {
+    "window": (NOISE, {"WindowCenter": "1500", "WindowWidth": "900"}),
+    "no_window": (NOISE, {}),
+    "constant": (np.full((5, 6), 700), {}),
+    "threshold": (NOISE, {"WindowCenter": "2000", "WindowWidth": "1"}),
+    "sigmoid": (NOISE, {"WindowCenter": "2000", "WindowWidth": "800", "VOILUTFunction": "SIGMOID"}),
+    "linear_exact": (NOISE, {"WindowCenter": "2000", "WindowWidth": "800", "VOILUTFunction": "LINEAR_EXACT"}),
+    "rescale_no_window": (NOISE, {"RescaleSlope": "-2", "RescaleIntercept": "100"}),
+    "two_frames": (np.stack([NOISE, NOISE[::-1]]), {"NumberOfFrames": 2, "WindowCenter": "900", "WindowWidth": "500"}),
+    "8_bit": (RNG.integers(0, 256, (9, 7)), {"bits_allocated": 8, "bits_stored": 8}),
+    "signed": (RNG.integers(-2048, 2048, (9, 7)), {"signed": True, "RescaleIntercept": "-1024"}),
+    "signed_window": (RNG.integers(-2048, 2048, (9, 7)), {"signed": True, "WindowCenter": "0", "WindowWidth": "2000"}),
+}
+
+
+@pytest.mark.parametrize("windowing", WINDOWINGS)
+@pytest.mark.parametrize("case", sorted(EDGE_CASES))
+def test_fast_path_equals_reference_edge_cases(tmp_path, case, windowing):
+    pixels, tags = EDGE_CASES[case]
+    rows, cols = pixels.shape[-2:]
+    # Frames are stacked in Pixel Data; Rows is one frame's height.
+    f = write_dicom(tmp_path / f"{case}.dcm", pixels.reshape(-1, cols), Rows=rows, **tags)
+    assert _same_both_ways(f, windowing).shape == (rows, cols)
+
+
+def test_fast_path_masks_bits_above_bits_stored(tmp_path):
+    """Values with bits set above Bits Stored are masked as pydicom does, not read raw."""
+    stored = np.array([[0, 74, 75, 100], [124, 125, 4095, 99]], dtype=np.uint16)
+    dirty = stored | np.uint16(0xF000)
+    f = write_dicom(tmp_path / "dirty.dcm", dirty, WindowCenter="100", WindowWidth="51")
+    assert _native_pixels(pydicom.dcmread(f)) is None
+    np.testing.assert_array_equal(_same_both_ways(f, "dicom"), EXPECTED)
+    _same_both_ways(f, "litegpt")
+    clean = write_dicom(tmp_path / "clean.dcm", stored, WindowCenter="100", WindowWidth="51")
+    assert _native_pixels(pydicom.dcmread(clean)) is not None

@@ -2,10 +2,12 @@
 
 ``python -m medgrounder.synth vindr --out DIR --n N --seed S`` writes the PhysioNet VinDr-CXR
 1.0.0 layout: ``train/<image_id>.dicom``, ``test/<image_id>.dicom`` (real DICOM files) and the
-four csv files under ``annotations/``. Each local finding is a class-specific pattern that fills
-its box (:data:`APPEARANCE`), so a model can learn to localise and name it; global labels follow
-from the findings by :func:`global_labels_from_local`. The same seed gives byte-identical
-files, whatever ``--workers``.
+four csv files under ``annotations/``. ``--layout kaggle`` writes the Kaggle VinBigData layout
+instead: ``train.csv`` (findings drawn from its 14 classes; no global labels) with the same
+DICOM folders, the test images unlabelled as on Kaggle. Each local finding is a class-specific
+pattern that fills its box (:data:`APPEARANCE`), so a model can learn to localise and name it;
+global labels follow from the findings by :func:`global_labels_from_local`. The same seed gives
+byte-identical files, whatever ``--workers``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from medgrounder.data.boxes import Box, iou
 from medgrounder.data.labels import (
     GLOBAL_INDEX,
     GLOBAL_LABELS,
+    KAGGLE_CLASS_ID,
+    KAGGLE_CLASSES,
+    KAGGLE_NO_FINDING_ID,
     LOCAL_INDEX,
     LOCAL_LABELS,
     NO_FINDING,
@@ -91,6 +96,8 @@ GLOBAL_RULE: dict[str, str] = {
 }
 
 ANNOTATION_HEADER = ("image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max")
+KAGGLE_HEADER = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
+LAYOUTS = ("physionet", "kaggle")
 GLOBAL_COLUMNS = {  # the official spellings of the 6 global columns per split
     "train": ("COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding"),
     "test": GLOBAL_LABELS,
@@ -173,8 +180,10 @@ def _jitter(rng: np.random.Generator, box: Box, frac: float, w: int, h: int) -> 
     return _round_box((max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))))
 
 
-def _plan_vindr(n: int, seed: int, test_frac: float, min_side: int, max_side: int):
-    """Draw every image's properties and every reader's boxes from one seeded generator."""
+def _plan_vindr(n: int, seed: int, test_frac: float, min_side: int, max_side: int,
+                classes: Sequence[str] = LOCAL_LABELS):
+    """Draw every image's properties and every reader's boxes from one seeded generator;
+    findings are drawn from ``classes`` (weighted by :data:`LOCAL_WEIGHTS`)."""
     if n < 1 or not 0 <= test_frac <= 1 or not 8 <= min_side <= max_side:
         raise ValueError(f"bad arguments: n={n}, test_frac={test_frac}, sides {min_side}..{max_side}")
     rng = np.random.default_rng(seed)
@@ -192,16 +201,17 @@ def _plan_vindr(n: int, seed: int, test_frac: float, min_side: int, max_side: in
     two_windows = _pick(rng, [i for i in range(n) if i not in no_window], TWO_WINDOWS_FRAC)
     rescaled = _pick(rng, range(n), RESCALE_FRAC)
     counts = rng.choice(len(FINDING_COUNT_P), n, p=FINDING_COUNT_P)
-    class_p = np.asarray(LOCAL_WEIGHTS, dtype=np.float64) / sum(LOCAL_WEIGHTS)
+    weights = np.asarray([LOCAL_WEIGHTS[LOCAL_INDEX[c]] for c in classes], dtype=np.float64)
+    class_p = weights / weights.sum()
 
     plans = []
     for i in range(n):
         w, h = int(widths[i]), int(heights[i])
-        classes = rng.choice(len(LOCAL_LABELS), int(counts[i]), p=class_p)
+        drawn = rng.choice(len(classes), int(counts[i]), p=class_p)
         boxes: list[Box] = []
-        for _ in classes:
+        for _ in drawn:
             boxes.append(_place_box(rng, w, h, boxes))
-        findings = tuple((LOCAL_LABELS[c], b) for c, b in zip(classes, boxes, strict=True))
+        findings = tuple((classes[c], b) for c, b in zip(drawn, boxes, strict=True))
         windows = 0 if i in no_window else 2 if i in two_windows else 1
         rescale = RESCALES[int(rng.integers(len(RESCALES)))] if i in rescaled else None
         plans.append(_ImagePlan(i, ids[i], "test" if i < n_test else "train", w, h, int(bits[i]),
@@ -412,16 +422,38 @@ def _write_csvs(out: Path, plans: list[_ImagePlan], readers) -> None:
             writer.writerows(label_rows)
 
 
+def _write_kaggle_csv(out: Path, plans: list[_ImagePlan], readers) -> None:
+    """Kaggle ``train.csv``: one row per box, one "No finding" row (class_id 14, no box) per
+    reader who drew nothing; test images have no labels."""
+    rows = []
+    for plan, image_readers in zip(plans, readers, strict=True):
+        if plan.split != "train":
+            continue
+        for rad, drawn in image_readers:
+            if drawn:
+                rows += [[plan.image_id, c, KAGGLE_CLASS_ID[c], rad, *map(_fmt, b)] for c, b in drawn]
+            else:
+                rows.append([plan.image_id, NO_FINDING, KAGGLE_NO_FINDING_ID, rad, "", "", "", ""])
+    with open(out / "train.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(KAGGLE_HEADER)
+        writer.writerows(rows)
+
+
 def synth_vindr(out: str | Path, n: int, seed: int, test_frac: float = 0.2, min_side: int = 256,
-                max_side: int = 512, workers: int = 1) -> dict:
-    """Write a synthetic VinDr-CXR (PhysioNet 1.0.0 layout) to ``out``; return a summary.
+                max_side: int = 512, workers: int = 1, layout: str = "physionet") -> dict:
+    """Write a synthetic VinDr-CXR to ``out`` in ``layout`` (``physionet`` 1.0.0 or ``kaggle``
+    VinBigData); return a summary.
 
     Image ``i < round(n * test_frac)`` goes to the test split. Output depends only on the
     arguments other than ``workers``.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     start = time.perf_counter()
     out = Path(out)
-    plans, readers, stats = _plan_vindr(n, seed, test_frac, min_side, max_side)
+    classes = KAGGLE_CLASSES if layout == "kaggle" else LOCAL_LABELS
+    plans, readers, stats = _plan_vindr(n, seed, test_frac, min_side, max_side, classes)
     for split in ("train", "test"):
         (out / split).mkdir(parents=True, exist_ok=True)
     jobs = [(p, str(out), seed) for p in plans]
@@ -432,10 +464,14 @@ def synth_vindr(out: str | Path, n: int, seed: int, test_frac: float = 0.2, min_
     else:
         for job in jobs:
             _write_image(job)
-    _write_csvs(out, plans, readers)
+    if layout == "kaggle":
+        _write_kaggle_csv(out, plans, readers)
+    else:
+        _write_csvs(out, plans, readers)
     n_test = sum(p.split == "test" for p in plans)
     return {
         "dataset": "vindr",
+        "layout": layout,
         "out": str(out),
         "train": n - n_test,
         "test": n_test,
@@ -453,7 +489,8 @@ def synth_vindr(out: str | Path, n: int, seed: int, test_frac: float = 0.2, min_
 
 def _cmd_vindr(args: argparse.Namespace) -> dict:
     return synth_vindr(args.out, args.n, args.seed, test_frac=args.test_frac,
-                       min_side=args.min_side, max_side=args.max_side, workers=args.workers)
+                       min_side=args.min_side, max_side=args.max_side, workers=args.workers,
+                       layout=args.layout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -461,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m medgrounder.synth",
                                      description="Write synthetic datasets in the official on-disk formats.")
     sub = parser.add_subparsers(dest="dataset", required=True)
-    p = sub.add_parser("vindr", help="VinDr-CXR, PhysioNet 1.0.0 layout (DICOM + csv)")
+    p = sub.add_parser("vindr", help="VinDr-CXR: PhysioNet 1.0.0 or Kaggle VinBigData layout (DICOM + csv)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--n", type=int, default=100, help="number of images (default 100)")
     p.add_argument("--seed", type=int, default=0)
@@ -469,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-side", type=int, default=256)
     p.add_argument("--max-side", type=int, default=512)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--layout", choices=LAYOUTS, default="physionet",
+                   help="physionet (annotations/*.csv, default) or kaggle (train.csv)")
     p.set_defaults(func=_cmd_vindr)
     return parser
 

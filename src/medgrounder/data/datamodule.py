@@ -1,10 +1,19 @@
 """VinDr-CXR DataModule: records -> 8-bit images at the encoder's size -> prompt / answer batches.
 
-Labels come from :func:`medgrounder.data.vindr.load_vindr_physionet` (reader conflicts removed,
-boxes de-duplicated, sizes from the DICOM headers); pixels from
-:func:`medgrounder.data.dicom.load_dicom_uint8`, decoded once per process and kept in memory as
-``uint8 [N, S, S]`` (resized without keeping the aspect ratio, as LiteGPT does: the 0-100 grid is
-relative to the original width and height, so it survives the resize).
+``root`` is either the raw PhysioNet layout or the output of ``python -m medgrounder.prepare
+vindr`` (detected by its ``annotations.jsonl``; PhysioNet or Kaggle source).
+
+- Raw: labels come from :func:`medgrounder.data.vindr.load_vindr_physionet` (reader conflicts
+  removed, boxes de-duplicated, sizes from the DICOM headers); pixels from
+  :func:`medgrounder.data.dicom.load_dicom_uint8`, decoded once per process.
+- Prepared: labels and original sizes from ``annotations.jsonl``, pixels from the cached PNGs
+  (``record.image``; resized again only when their size differs from ``image_size``);
+  ``record.path`` still names the source DICOM. The windowing and de-duplication settings
+  must match the ones the cache was prepared with.
+
+Images are kept in memory as ``uint8 [N, S, S]`` (resized without keeping the aspect ratio, as
+LiteGPT does: the 0-100 grid is relative to the original width and height, so it survives the
+resize).
 
 The task (``identify`` or ``vqa``) is switched between stages with :meth:`set_task`; the
 validation split is a seeded fraction of the training images.
@@ -31,6 +40,7 @@ from medgrounder.data.dicom import load_dicom_uint8
 from medgrounder.data.labels import NO_FINDING
 from medgrounder.data.prompts import identify_answer, vqa_answer
 from medgrounder.data.vindr import VinDrRecord, load_vindr_physionet
+from medgrounder.prepare import is_prepared, read_prepared, resize_square
 
 log = logging.getLogger(__name__)
 TASKS = ("identify", "grounding", "vqa")
@@ -40,6 +50,13 @@ def _load_resized(args: tuple[str, int, str]) -> np.ndarray:
     path, size, windowing = args
     img = load_dicom_uint8(path, windowing=windowing)
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
+def _load_prepared(args: tuple[str, int, str]) -> np.ndarray:
+    path, size, _ = args
+    with Image.open(path) as im:
+        img = np.asarray(im.convert("L"))
+    return img if img.shape == (size, size) else resize_square(img, size)
 
 
 @dataclass
@@ -139,27 +156,48 @@ class VinDrDataModule(L.LightningDataModule):
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(root)
 
+    @property
+    def prepared(self) -> bool:
+        """Whether ``root`` is ``medgrounder.prepare`` output rather than the raw layout."""
+        return is_prepared(self.root)
+
     def setup(self, stage: str | None = None) -> None:
+        prepared = self._read_prepared() if self.prepared else None
         for split in ("train", "test"):
             if split in self.records:
                 continue
-            records, report = load_vindr_physionet(self.root, split, self.dedup_iou, self.dedup_mode)
+            if prepared is None:
+                records, report = load_vindr_physionet(self.root, split, self.dedup_iou, self.dedup_mode)
+            else:
+                records, report = prepared[split], prepared["report"].get(split, {})
             if split == "train" and self.limit_train_images:
                 records = records[: self.limit_train_images]
             self.records[split] = records
             self.reports[split] = report
-            self.images[split] = self._decode(records, split)
+            self.images[split] = self._decode(records, split, _load_prepared if prepared else _load_resized)
             log.info("VinDr %s: %d images (%d removed for reader conflicts)", split, len(records),
                      report.get("removed_conflicts", 0))
 
-    def _decode(self, records: list[VinDrRecord], split: str) -> torch.Tensor:
-        jobs = [(r.path, self.image_size, self.windowing) for r in records]
-        desc = f"decode VinDr {split} ({self.image_size}px)"
+    def _read_prepared(self) -> dict:
+        """Records by split (+ the prepare report by split) of a prepared ``root``."""
+        settings, report, by_split = read_prepared(self.root)
+        mine = {"windowing": self.windowing, "dedup_iou": self.dedup_iou, "dedup_mode": self.dedup_mode}
+        clash = {k: (settings[k], v) for k, v in mine.items() if k in settings and settings[k] != v}
+        if clash:
+            raise ValueError(f"{self.root} was prepared with {clash} (prepared, configured): set the "
+                             "data options to match or prepare again")
+        return {"train": by_split.get("train", []), "test": by_split.get("test", []),
+                "report": report.get("splits", {})}
+
+    def _decode(self, records: list[VinDrRecord], split: str, load=_load_resized) -> torch.Tensor:
+        jobs = [(r.image if load is _load_prepared else r.path, self.image_size, self.windowing)
+                for r in records]
+        desc = f"{'load' if load is _load_prepared else 'decode'} VinDr {split} ({self.image_size}px)"
         if self.decode_workers > 1 and len(jobs) > 64:
             with ProcessPoolExecutor(self.decode_workers) as pool:
-                arrays = list(tqdm(pool.map(_load_resized, jobs, chunksize=32), total=len(jobs), desc=desc))
+                arrays = list(tqdm(pool.map(load, jobs, chunksize=32), total=len(jobs), desc=desc))
         else:
-            arrays = [_load_resized(j) for j in tqdm(jobs, desc=desc)]
+            arrays = [load(j) for j in tqdm(jobs, desc=desc)]
         if not arrays:
             return torch.empty(0, self.image_size, self.image_size, dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrays))
@@ -188,6 +226,9 @@ class VinDrDataModule(L.LightningDataModule):
                     continue
                 answer = identify_answer((n, to_grid(b, r.width, r.height)) for n, b in r.findings)
             else:
+                if not r.global_labels:
+                    raise ValueError(f"{r.image_id} has no global labels (the Kaggle layout has "
+                                     "none): the vqa task needs the PhysioNet release")
                 answer = vqa_answer(g for g in r.global_labels if g != NO_FINDING)
             out.append(Sample(i, r, task, answer))
         return out

@@ -50,3 +50,24 @@ GLOBAL_INDEX = {name: i for i, name in enumerate(GLOBAL_LABELS)}
 def canonical_global(name: str) -> str:
     """Map a global label as spelled in either csv to its canonical name."""
     return GLOBAL_ALIASES.get(name, name)
+
+#: Kaggle VinBigData ``train.csv``: ``class_id`` -> ``class_name`` for the 14 classes it keeps of
+#: the 22 local labels (same spellings), plus "No finding" = :data:`KAGGLE_NO_FINDING_ID`.
+KAGGLE_CLASSES: tuple[str, ...] = (
+    "Aortic enlargement",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Consolidation",
+    "ILD",
+    "Infiltration",
+    "Lung Opacity",
+    "Nodule/Mass",
+    "Other lesion",
+    "Pleural effusion",
+    "Pleural thickening",
+    "Pneumothorax",
+    "Pulmonary fibrosis",
+)
+KAGGLE_NO_FINDING_ID = 14
+KAGGLE_CLASS_ID = {name: i for i, name in enumerate(KAGGLE_CLASSES)}

@@ -68,12 +68,14 @@ def _weight_refs(model: DictConfig):
 def check_inputs(cfg: DictConfig) -> None:
     problems = []
     data = cfg.data
-    if not data.get("synth"):
-        root = Path(data.root)
+    root = Path(data.root)
+    # A prepared dir (`python -m medgrounder.prepare vindr`) replaces the raw layout.
+    if not data.get("synth") and not (root / "annotations.jsonl").is_file():
         missing = [f for f in VINDR_FILES if not (root / f).exists()]
         if missing:
             problems.append(
-                f"data.root={root.resolve()} lacks {', '.join(missing)}. Get {SOURCES['vindr']}."
+                f"data.root={root.resolve()} lacks {', '.join(missing)} (or the annotations.jsonl "
+                f"of `python -m medgrounder.prepare vindr`). Get {SOURCES['vindr']}."
             )
     for key, ref, marker in _weight_refs(cfg.model):
         msg = _check_weights(key, str(ref), marker)
