@@ -39,8 +39,10 @@ def build_llm(
 ) -> nn.Module:
     """Build the LLM and apply its trainability.
 
-    ``pretrained``: hub id or directory (``from_pretrained``); otherwise ``config`` is a
-    ``LlamaConfig`` dict (``vocab_size`` filled from the tokenizer). ``quantization``: ``8bit``
+    ``pretrained``: hub id or directory (``from_pretrained``, which reads the checkpoint's own
+    ``config.json``; a ``config`` given alongside only sizes the model without weights, see
+    :func:`llm_config`); otherwise ``config`` is a ``LlamaConfig`` dict (``vocab_size`` filled
+    from the tokenizer). ``quantization``: ``8bit``
     or ``4bit`` through bitsandbytes (``BitsAndBytesConfig``), then peft's
     ``prepare_model_for_kbit_training``.
     """
@@ -74,6 +76,21 @@ def build_llm(
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return apply_train_mode(model, train_mode, LoraSettings(**(lora or {})))
+
+
+def llm_config(pretrained: str | None = None, config: dict | None = None, vocab_size: int | None = None) -> LlamaConfig:
+    """The LLM's architecture without its weights: the ``config`` dict when given, else the
+    ``config.json`` of ``pretrained`` (a local directory or the hub cache)."""
+    if config:
+        cfg = dict(config)
+        if vocab_size is not None and not pretrained:
+            cfg["vocab_size"] = vocab_size
+        return LlamaConfig(**cfg)
+    if pretrained:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(pretrained)
+    raise ValueError("model.llm needs `pretrained` or `config`")
 
 
 def apply_train_mode(model: nn.Module, train_mode: str, lora: LoraSettings) -> nn.Module:

@@ -19,6 +19,7 @@ from torch import nn
 
 from medgrounder.data.collate import IGNORE_INDEX
 from medgrounder.data.prompts import PROMPT_PREFIX
+from medgrounder.models.checkpoints import PARTS, load_minigptv2
 from medgrounder.models.fusion import merge_tokens, merged_token_count
 from medgrounder.models.llm import build_llm
 from medgrounder.models.projector import build_projector
@@ -40,10 +41,13 @@ class VisionLanguageModel(L.LightningModule):
         encoder_train_mode: str = "frozen",
         optim: dict | None = None,
         max_new_tokens: int = 160,
+        init_from: dict | None = None,
     ):
         """``encoder``: a tower or :class:`FusedTowers`; ``llm``: :func:`build_llm` arguments plus
         ``tokenizer`` (:func:`load_tokenizer` arguments); ``projector``: ``{hidden: int | None}``;
-        ``lora``: :class:`LoraSettings` fields; ``optim``: AdamW and schedule settings."""
+        ``lora``: :class:`LoraSettings` fields; ``optim``: AdamW and schedule settings;
+        ``init_from``: ``{minigptv2: PATH, parts: [projector, lora]}`` starts the projector's last
+        layer and the LoRA adapters from MiniGPT-v2 (:func:`load_minigptv2`, strict)."""
         super().__init__()
         if encoder_train_mode not in ENCODER_TRAIN_MODES:
             raise ValueError(f"model.encoder_train_mode must be one of {ENCODER_TRAIN_MODES}, got {encoder_train_mode!r}")
@@ -65,6 +69,8 @@ class VisionLanguageModel(L.LightningModule):
         self.llm = build_llm(**llm_kwargs, lora=lora)
         self.projector = build_projector(encoder.width * merge, self.llm.config.hidden_size,
                                          (projector or {}).get("hidden"))
+        if init_from and init_from.get("minigptv2"):
+            load_minigptv2(self, init_from["minigptv2"], tuple(init_from.get("parts") or PARTS))
         self.optim = {"lr": 1e-4, "weight_decay": 0.05, "betas": (0.9, 0.999), "warmup_steps": 0,
                       "warmup_start_lr": 0.0, "min_lr": 0.0, **(optim or {})}
         self.max_new_tokens = max_new_tokens
