@@ -26,10 +26,15 @@ demo: install ## Run the embedded demo: synthetic VinDr-CXR, tiny LiteGPT, [iden
 test: install ## Run the test suite (CPU only)
 	$(PY) -m pytest -q $(ARGS)
 
+wordnet: ## WordNet 3.0 for METEOR (nltk backend, LiteGPT's numbers): Debian's wordnet-base (root)
+	@if [ -f /usr/share/wordnet/data.noun ]; then echo "WordNet 3.0: /usr/share/wordnet"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get install -y -qq --no-install-recommends wordnet-base || { apt-get update -qq && apt-get install -y -qq --no-install-recommends wordnet-base; }; \
+	else echo "run as root: apt-get install wordnet-base (or nltk.download('wordnet'), or set MEDGROUNDER_WORDNET)"; exit 1; fi
+
 lint: install ## ruff check
 	$(VENV)/bin/ruff check src tests bench
 
 clean: ## Remove run outputs and caches (keeps .venv and data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
 
-.PHONY: help install demo test lint clean
+.PHONY: help install demo test lint clean wordnet

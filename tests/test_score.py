@@ -104,11 +104,50 @@ def test_missing_field_names_line(tmp_path, capsys):
     assert ":1: missing field(s) reference" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("task", ["mscxr_refer", "caption"])
-def test_not_implemented(tmp_path, capsys, task):
-    pred = write_jsonl(tmp_path / "p.jsonl", [])
-    assert score.main(["--predictions", str(pred), "--task", task]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+def test_mscxr_refer(tmp_path, capsys):
+    # 200 x 100 image: grid x = pixels / 2, grid y = pixels.
+    rows = [
+        row(0, "refer", "", "{<0><0><50><50>}", category="Edema", gt_boxes=[[0, 0, 100, 50]]),
+        row(1, "refer", "", "{<0><0><25><50>}", category="Edema", gt_boxes=[[0, 0, 100, 50]]),
+        row(2, "refer", "", "no box", category="Pneumonia", gt_boxes=[[0, 0, 10, 10]]),
+        row(3, "identify", "", "{<0><0><50><50>}", category="Edema", gt_boxes=[[0, 0, 1, 1]]),
+    ]
+    pred = write_jsonl(tmp_path / "p.jsonl", rows)
+    out = tmp_path / "m.json"
+    assert score.main(["--predictions", str(pred), "--task", "mscxr_refer", "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["num_samples"] == 3 and m["valid_rate"] == pytest.approx(2 / 3)
+    assert m["iou/Edema"] == pytest.approx((1 + 0.5) / 2)
+    assert m["dice/Edema"] == pytest.approx((1 + 2 / 3) / 2)
+    assert m["iou/Pneumonia"] == 0 and m["iou/mean"] == pytest.approx(0.375)
+    assert m["iou/weighted"] == pytest.approx(0.5)
+    printed = capsys.readouterr()
+    assert "| Pneumonia |" in printed.out and "wIoU" in printed.out and "wDice" in printed.out
+    assert "skipped 1 rows" in printed.err
+
+
+def test_caption_scores_every_row_and_meteor_flag(tmp_path, capsys):
+    gt = [("Cardiomegaly", (38, 49, 82, 63))]
+    rows = [row(0, "identify", identify_answer(gt), identify_answer(gt)),
+            row(1, "vqa", vqa_answer(["Pneumonia"]), vqa_answer(["COPD"]))]
+    pred = write_jsonl(tmp_path / "p.jsonl", rows)
+    out = tmp_path / "m.json"
+    assert score.main(["--predictions", str(pred), "--task", "caption", "--out", str(out),
+                       "--meteor", "none"]) == 0
+    m = json.loads(out.read_text())
+    assert m["num_samples"] == 2 and m["meteor"] is None
+    assert 0 < m["rouge1"] < 1 and 0 < m["bleu1"] < 1 and m["cider"] >= 0
+    assert "ROUGE-1 (%)" in capsys.readouterr().out
+    assert score.main(["--predictions", str(pred), "--task", "caption", "--out", str(out),
+                       "--meteor", "none", "--keep-tags"]) == 0
+    tagged = json.loads(out.read_text())
+    assert tagged["bleu1"] > m["bleu1"]  # the matching p tags count as tokens then
+
+
+def test_refer_missing_category_is_bad_input(tmp_path, capsys):
+    pred = write_jsonl(tmp_path / "p.jsonl", [row(0, "refer", "", "{<0><0><1><1>}", gt_boxes=[])])
+    assert score.main(["--predictions", str(pred), "--task", "mscxr_refer"]) == 1
+    assert "missing field(s) category" in capsys.readouterr().err
 
 
 def test_unknown_task_is_usage_error(tmp_path):

@@ -1,9 +1,14 @@
 """Score a ``predictions.jsonl`` file without a model (design section 6).
 
     python -m medgrounder.score --predictions F --task T [--out metrics.json] [--plus-one]
+        [--keep-tags] [--meteor {nltk,coco,none}]
 
-Prints the metrics as markdown tables and, with ``--out``, writes them as JSON (sorted keys).
-Exit codes: 0 success, 1 bad input file, 2 usage error or a task not implemented yet.
+Tasks: ``vindr_identify`` and ``vindr_vqa`` (LiteGPT tables 1-3, 6, 8-13), ``mscxr_refer``
+(PFMVG tables 1-4: rows need ``category``, ``gt_boxes`` in pixels, ``image_width`` and
+``image_height``) and ``caption`` (text metrics of LiteGPT tables 4-5 on every row, whatever its
+task). Prints the metrics as markdown tables and, with ``--out``, writes them as JSON (sorted
+keys; a METEOR with no backend is ``null``). Exit codes: 0 success, 1 bad input file, 2 usage
+error.
 """
 
 from __future__ import annotations
@@ -15,19 +20,30 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.eval.metrics import vindr_identify_metrics, vindr_vqa_metrics
-from medgrounder.eval.tables import classification_table, localization_table, summary_table
+from medgrounder.eval.metrics import mscxr_refer_metrics, vindr_identify_metrics, vindr_vqa_metrics
+from medgrounder.eval.tables import (
+    classification_table,
+    localization_table,
+    refer_table,
+    summary_table,
+    text_table,
+)
+from medgrounder.eval.text_metrics import text_metrics
 
 TASKS = ("vindr_identify", "vindr_vqa", "mscxr_refer", "caption")
-NOT_IMPLEMENTED = ("mscxr_refer", "caption")
-# Values of a row's ``task`` field that each scored task accepts (rows without one are kept).
-ROW_TASKS = {
+# Values of a row's ``task`` field that each scored task accepts (rows without one are kept;
+# None: every row).
+ROW_TASKS: dict[str, set[str] | None] = {
     "vindr_identify": {"vindr_identify", "identify", "grounding"},
     "vindr_vqa": {"vindr_vqa", "vqa"},
+    "mscxr_refer": {"mscxr_refer", "refer"},
+    "caption": None,
 }
 REQUIRED = {
     "vindr_identify": ("prediction", "reference", "image_width", "image_height"),
     "vindr_vqa": ("prediction", "reference"),
+    "mscxr_refer": ("prediction", "category", "gt_boxes", "image_width", "image_height"),
+    "caption": ("prediction", "reference"),
 }
 
 
@@ -58,15 +74,26 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
     return rows
 
 
-def score(rows: list[dict], task: str, plus_one: bool = False) -> dict:
+def score(rows: list[dict], task: str, plus_one: bool = False, keep_tags: bool = False,
+          meteor: str | None = "nltk") -> dict:
     """Metrics of ``rows`` of one task."""
     if task == "vindr_identify":
         return vindr_identify_metrics(rows, plus_one=plus_one)
+    if task == "mscxr_refer":
+        return mscxr_refer_metrics(rows)
+    if task == "caption":
+        return text_metrics([r["prediction"] for r in rows], [r["reference"] for r in rows],
+                            keep_tags=keep_tags, meteor_backend=meteor)
     return vindr_vqa_metrics(rows)
 
 
 def report(m: dict, task: str) -> str:
     """Markdown tables of the metrics of one task."""
+    if task == "mscxr_refer":
+        return "\n".join([summary_table(m, ["num_samples", "valid_rate"]),
+                          refer_table({"IoU": m}, "iou"), refer_table({"Dice": m}, "dice")])
+    if task == "caption":
+        return "\n".join([summary_table(m, ["num_samples"]), text_table({"model": m})])
     if task == "vindr_identify":
         return "\n".join(
             [
@@ -98,18 +125,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--plus-one", action="store_true", help="LiteGPT's +1 IoU on the 0-100 grid"
     )
+    parser.add_argument(
+        "--keep-tags", action="store_true", help="caption: leave the <p> tags in the text"
+    )
+    parser.add_argument(
+        "--meteor", choices=("nltk", "coco", "none"), default="nltk",
+        help="caption: METEOR backend (nltk + WordNet 3.0 = LiteGPT; coco = Java METEOR 1.5)",
+    )
     args = parser.parse_args(argv)
-    if args.task in NOT_IMPLEMENTED:
-        print(f"error: scoring task {args.task!r} is not implemented yet", file=sys.stderr)
-        return 2
+    accepted = ROW_TASKS[args.task]
     try:
         rows = read_jsonl(args.predictions, REQUIRED[args.task])
-        kept = [r for r in rows if r.get("task") is None or r["task"] in ROW_TASKS[args.task]]
+        kept = [r for r in rows if accepted is None or r.get("task") is None or r["task"] in accepted]
         if len(kept) < len(rows):
             print(f"note: skipped {len(rows) - len(kept)} rows of other tasks", file=sys.stderr)
         if not kept:
             raise InputError(f"{args.predictions}: no rows for task {args.task}")
-        metrics = score(kept, args.task, plus_one=args.plus_one)
+        metrics = score(kept, args.task, plus_one=args.plus_one, keep_tags=args.keep_tags,
+                        meteor=None if args.meteor == "none" else args.meteor)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""VinDr-CXR metrics over plain python objects (design section 7).
+"""VinDr-CXR and MS-CXR metrics over plain python objects (design section 7).
 
 All rates are fractions in [0, 1]; :mod:`medgrounder.eval.tables` prints percentages. Rows are
 the ``predictions.jsonl`` objects of design section 6. An invalid prediction is scored as an
@@ -18,10 +18,15 @@ from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS, NO_FINDING
 from medgrounder.eval.parse import parse_identify, parse_vqa
 
 __all__ = [
+    "MSCXR_CATEGORIES",
+    "box_iou_dice",
     "gt_findings",
     "localization_accuracy",
     "mean_box_baseline",
+    "mscxr_refer_metrics",
+    "mscxr_sample_scores",
     "multilabel_report",
+    "union_overlap",
     "vindr_identify_metrics",
     "vindr_vqa_metrics",
 ]
@@ -266,3 +271,104 @@ def mean_box_baseline(
             {"width": row["image_width"], "height": row["image_height"], "gt": gt, "pred": pred}
         )
     return localization_accuracy(samples, thresholds, plus_one=plus_one)
+
+
+# --------------------------------------------------------------------------------- MS-CXR
+MSCXR_CATEGORIES = (
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Atelectasis",
+    "Edema",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Pleural Effusion",
+)
+
+
+def _pixel_boxes(boxes: Iterable[Sequence]) -> list[tuple[float, float, float, float]]:
+    """``[x1, y1, x2, y2]`` or ``[name, x1, y1, x2, y2]`` items -> ordered float boxes."""
+    out = []
+    for b in boxes:
+        x1, y1, x2, y2 = (float(v) for v in (b[1:5] if isinstance(b[0], str) else b[:4]))
+        out.append((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)))
+    return out
+
+
+def union_overlap(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> tuple[float, float, float]:
+    """``(area(A), area(B), area(A ∩ B))`` where A and B are the unions of two lists of
+    ``x1, y1, x2, y2`` boxes, as continuous masks (exact; no rasterisation).
+
+    The plane is cut at every box edge; each cell is inside A (B) when some box of A (B) covers
+    it. For integer pixel boxes this equals counting pixels of the masks ``[y1:y2, x1:x2]``.
+    """
+    boxes = [*a, *b]
+    if not boxes:
+        return 0.0, 0.0, 0.0
+    xs = np.unique([v for bx in boxes for v in (bx[0], bx[2])])
+    ys = np.unique([v for bx in boxes for v in (bx[1], bx[3])])
+    cell = np.outer(np.diff(ys), np.diff(xs))  # [ny - 1, nx - 1] cell areas
+
+    def mask(bs):
+        m = np.zeros(cell.shape, dtype=bool)
+        for x1, y1, x2, y2 in bs:
+            m[np.searchsorted(ys, y1) : np.searchsorted(ys, y2), np.searchsorted(xs, x1) : np.searchsorted(xs, x2)] = True
+        return m
+
+    ma, mb = mask(a), mask(b)
+    return float(cell[ma].sum()), float(cell[mb].sum()), float(cell[ma & mb].sum())
+
+
+def box_iou_dice(pred: Sequence[Sequence[float]], gt: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """IoU and Dice between the union of the predicted boxes and the union of the ground-truth
+    boxes (pixels): ``|P ∩ G| / |P ∪ G|`` and ``2 |P ∩ G| / (|P| + |G|)``; 0 when a side is empty."""
+    if not pred or not gt:
+        return 0.0, 0.0
+    area_p, area_g, inter = union_overlap(pred, gt)
+    union = area_p + area_g - inter
+    return (inter / union if union > 0 else 0.0), (2 * inter / (area_p + area_g) if area_p + area_g > 0 else 0.0)
+
+
+def mscxr_sample_scores(row: Mapping) -> tuple[bool, float, float]:
+    """``(valid, iou, dice)`` of one ``[refer]`` row: the prediction's grid boxes (several may be
+    joined by ``<delim>``) mapped to pixels, against ``gt_boxes`` (pixels); invalid output is 0."""
+    from medgrounder.eval.parse import parse_refer
+
+    parsed = parse_refer(row.get("prediction"))
+    if not parsed.valid:
+        return False, 0.0, 0.0
+    w, h = row["image_width"], row["image_height"]
+    pred = [from_grid(g, w, h) for _, g in parsed.findings]
+    return (True, *box_iou_dice(pred, _pixel_boxes(row["gt_boxes"])))
+
+
+def mscxr_refer_metrics(rows: Sequence[Mapping], categories: Sequence[str] = MSCXR_CATEGORIES) -> dict:
+    """PFMVG Tables 1-4 (design section 7).
+
+    Per sample, IoU and Dice between the union of the predicted boxes and the union of the
+    ground-truth boxes, as masks in original pixels (:func:`box_iou_dice`); an invalid output
+    scores 0 and still counts. ``iou/<category>`` and ``dice/<category>`` average the samples of
+    a category; ``iou/mean`` / ``dice/mean`` average the categories that have samples (the 8 of
+    MS-CXR in the paper); ``iou/weighted`` / ``dice/weighted`` average all samples (PFMVG's wIoU
+    and wDice: categories weighted by their sample counts). Also ``num/<category>``,
+    ``num_samples``, ``valid_rate`` and ``valid_rate/<category>``. Categories not in
+    ``categories`` get their own keys and take part in the averages.
+    """
+    by_cat: dict[str, list[tuple[bool, float, float]]] = defaultdict(list)
+    for row in rows:
+        by_cat[str(row["category"])].append(mscxr_sample_scores(row))
+    names = [c for c in categories if c in by_cat] + sorted(set(by_cat) - set(categories))
+    every = [s for c in names for s in by_cat[c]]
+    out: dict = {"num_samples": len(every),
+                 "valid_rate": float(np.mean([s[0] for s in every])) if every else 0.0}
+    for c in names:
+        v = np.asarray(by_cat[c], dtype=float)
+        out[f"num/{c}"] = len(v)
+        out[f"valid_rate/{c}"] = float(v[:, 0].mean())
+        out[f"iou/{c}"] = float(v[:, 1].mean())
+        out[f"dice/{c}"] = float(v[:, 2].mean())
+    for k in ("iou", "dice"):
+        out[f"{k}/mean"] = float(np.mean([out[f"{k}/{c}"] for c in names])) if names else 0.0
+        j = 1 if k == "iou" else 2
+        out[f"{k}/weighted"] = float(np.mean([s[j] for s in every])) if every else 0.0
+    return out

@@ -1,4 +1,5 @@
-"""Markdown tables in the layouts of the LiteGPT paper (tables 1-3 and 8-13)."""
+"""Markdown tables in the layouts of the LiteGPT paper (tables 1-5 and 8-13) and the PFMVG
+paper (tables 1-4)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ from collections.abc import Mapping, Sequence
 
 from medgrounder.eval.metrics import AVERAGES, DEFAULT_THRESHOLDS
 
-__all__ = ["classification_table", "localization_table", "markdown_table", "summary_table"]
+__all__ = [
+    "classification_table",
+    "localization_table",
+    "markdown_table",
+    "refer_table",
+    "summary_table",
+    "text_table",
+]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -70,3 +78,42 @@ def summary_table(metrics: Mapping, keys: Sequence[str] | None = None) -> str:
         [k, _fmt(metrics.get(k), "d" if isinstance(metrics.get(k), int) else ".4f")] for k in keys
     ]
     return markdown_table(["Metric", "Value"], rows)
+
+
+TEXT_COLUMNS = (
+    ("rouge1", "ROUGE-1 (%)"),
+    ("rouge2", "ROUGE-2 (%)"),
+    ("rougeL", "ROUGE-L (%)"),
+    ("rougeLsum", "ROUGE-LSUM (%)"),
+    ("bleu1", "BLEU-1 (%)"),
+    ("bleu2", "BLEU-2 (%)"),
+    ("bleu3", "BLEU-3 (%)"),
+    ("bleu4", "BLEU-4 (%)"),
+    ("meteor", "METEOR (%)"),
+)
+
+
+def text_table(rows: Mapping[str, Mapping], prefix: str = "") -> str:
+    """LiteGPT tables 4-5: Method | ROUGE-1..LSUM | BLEU-1..4 | METEOR (percent, 2 decimals) |
+    CIDEr (2 decimals); a missing METEOR (no backend) prints ``-``."""
+    header = ["Method"] + [h for _, h in TEXT_COLUMNS] + ["CIDEr"]
+    body = [
+        [name]
+        + [_fmt(m.get(prefix + k), ".2f", 100) for k, _ in TEXT_COLUMNS]
+        + [_fmt(m.get(prefix + "cider"), ".2f")]
+        for name, m in rows.items()
+    ]
+    return markdown_table(header, body)
+
+
+def refer_table(rows: Mapping[str, Mapping], metric: str = "iou", categories: Sequence[str] | None = None) -> str:
+    """PFMVG tables 1-4: Method | one column per category | mean | wIoU (or wDice), 3 decimals."""
+    from medgrounder.eval.metrics import MSCXR_CATEGORIES
+
+    cats = list(categories or MSCXR_CATEGORIES)
+    header = ["Method", *cats, "mean", f"w{'IoU' if metric == 'iou' else 'Dice'}"]
+    body = [
+        [name] + [_fmt(m.get(f"{metric}/{c}"), ".3f") for c in [*cats, "mean", "weighted"]]
+        for name, m in rows.items()
+    ]
+    return markdown_table(header, body)

@@ -1,0 +1,116 @@
+"""``python -m medgrounder.predict ckpt_path=RUN/checkpoints/STAGE.pt image=F [phrase=...]``.
+
+One image (DICOM, PNG or JPG) -> the model's greedy answer, its boxes in the image's pixels
+and an overlay PNG. The model is rebuilt from the checkpoint's resolved config and its trainable
+weights are loaded strictly (as :func:`medgrounder.evaluate.evaluate_checkpoint` does). The
+image is prepared as in training: DICOM windowing of the checkpoint's data config, grey 8-bit,
+resized to the encoder's square input. The prompt is the checkpoint stage's task (e.g.
+``[identify]``), or ``[refer] <phrase>`` with a phrase.
+
+Writes into the run directory (``paths.output_dir``): ``prediction.json`` (``image``, ``task``,
+``prompt``, ``answer``, ``valid``, ``boxes`` = ``[{label, box}]`` with ``box`` in pixels,
+``image_width``, ``image_height``) and ``overlay.png`` (predicted boxes in red). Prints the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from medgrounder.data.boxes import from_grid
+from medgrounder.data.collate import images_to_float
+from medgrounder.data.dicom import load_dicom_uint8
+from medgrounder.data.prompts import INSTRUCTIONS, PROMPT_PREFIX, prompt_suffix
+from medgrounder.eval.parse import parse_identify, parse_refer, parse_vqa
+from medgrounder.eval.visualize import draw_boxes
+
+log = logging.getLogger("medgrounder.predict")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def read_image(path: str | Path, windowing: str = "dicom") -> np.ndarray:
+    """A DICOM (any other suffix is tried as DICOM) or PNG / JPG file -> grey ``uint8 [H, W]``."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L"))
+    return load_dicom_uint8(path, windowing=windowing)
+
+
+def load_module(ckpt_path: str | Path):
+    """``(model with the checkpoint's weights, the checkpoint's config, its stage's task)``."""
+    from medgrounder.evaluate import load_stage_checkpoint
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    run_cfg = OmegaConf.create(ckpt["config"])
+    L.seed_everything(run_cfg.seed, workers=True)  # random tiny towers are rebuilt as in training
+    module = instantiate(run_cfg.model)
+    if run_cfg.get("tower_pretraining"):  # the towers as training made them (cached or redone)
+        from medgrounder.models.tower_pretraining import pretrain_configured_towers
+
+        datamodule = instantiate(run_cfg.data, tokenizer=module.tokenizer)
+        datamodule.setup("test")
+        pretrain_configured_towers(run_cfg, module, datamodule)
+    load_stage_checkpoint(module, ckpt, ckpt_path)
+    return module, run_cfg, run_cfg.stages[ckpt["stage"]].task
+
+
+def answer_boxes(answer: str, task: str, width: int, height: int) -> tuple[bool, list[dict]]:
+    """``(valid, [{label, box}])`` of an answer; boxes mapped from the 0-100 grid to pixels."""
+    if task in ("identify", "grounding"):
+        parsed = parse_identify(answer)
+    elif task == "vqa":
+        parsed = parse_vqa(answer)
+    else:
+        parsed = parse_refer(answer)
+    boxes = [{"label": name, "box": [round(v, 2) for v in from_grid(g, width, height)]} for name, g in parsed.findings]
+    return parsed.valid, boxes
+
+
+@torch.no_grad()
+def predict(ckpt_path: str | Path, image: str | Path, out_dir: str | Path, phrase: str | None = None,
+            task: str | None = None, max_new_tokens: int | None = None) -> dict:
+    """Run the model on one image; writes ``prediction.json`` and ``overlay.png`` into ``out_dir``."""
+    module, run_cfg, stage_task = load_module(ckpt_path)
+    module.eval()
+    task = task or ("refer" if phrase else stage_task)
+    if phrase is None and task not in INSTRUCTIONS:
+        raise ValueError(f"task [{task}] needs a phrase")
+    data_cfg = run_cfg.data
+    original = read_image(image, data_cfg.get("windowing", "dicom"))
+    height, width = original.shape
+    size = int(data_cfg.image_size)
+    resized = np.asarray(Image.fromarray(original).resize((size, size), Image.BILINEAR))
+    suffix = prompt_suffix(task, phrase)
+    ids = torch.tensor([module.tokenizer.encode(suffix, add_special_tokens=False)])
+    images = images_to_float(torch.from_numpy(resized)[None]).to(module.device)
+    answer = module.generate(images, ids.to(module.device), torch.ones_like(ids).to(module.device),
+                             max_new_tokens=max_new_tokens)[0]
+    valid, boxes = answer_boxes(answer, task, width, height)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"image": str(image), "task": task, "prompt": f"{PROMPT_PREFIX}<ImageHere>{suffix}",
+              "answer": answer, "valid": valid, "boxes": boxes, "image_width": width, "image_height": height}
+    (out / "prediction.json").write_text(json.dumps(result, indent=2) + "\n")
+    overlay = draw_boxes(original, [], [(b["label"], b["box"]) for b in boxes], title=Path(image).name[:24])
+    overlay.save(out / "overlay.png", format="PNG")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    result = predict(cfg.ckpt_path, cfg.image, cfg.paths.output_dir, cfg.phrase, cfg.task, cfg.max_new_tokens)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
