@@ -38,6 +38,8 @@ def tiny_run_overrides(root, out_dir) -> list[str]:
         "data.eval_batch_size=8",
         "data.decode_workers=1",
         f"paths.output_dir={out_dir}",
+        "tower_pretraining.steps=20",
+        f"tower_pretraining.cache_dir={out_dir}/towers",
         "model.max_new_tokens=24",
         "logger.wandb.mode=offline",
         "trainer.accelerator=cpu",

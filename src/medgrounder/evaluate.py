@@ -4,6 +4,11 @@
 model from the checkpoint's resolved config, loads its trainable weights strictly and evaluates
 that stage's task, writing ``predictions.jsonl``, ``metrics.json``, ``tables.md`` and
 ``boxes.png`` into the run directory.
+
+Distributed: launched under ``torch.distributed`` (e.g. ``torchrun --nproc-per-node 2 -m
+medgrounder.evaluate ...``, which this entry point initialises: NCCL on GPUs, gloo on CPU), each
+rank generates a shard of the test set, the rows are gathered once per sample
+(:func:`generate_rows`) and every rank computes the same metrics; rank 0 writes the reports.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from medgrounder.data.dicom import load_dicom_uint8
@@ -25,19 +33,26 @@ from medgrounder.data.prompts import PROMPT_PREFIX, prompt_suffix
 from medgrounder.eval import tables
 from medgrounder.eval.metrics import mean_box_baseline, vindr_identify_metrics, vindr_vqa_metrics
 from medgrounder.eval.parse import parse_identify
+from medgrounder.eval.text_metrics import text_metrics
 from medgrounder.eval.visualize import draw_boxes, save_grid
+from medgrounder.models.tower_pretraining import pretrain_configured_towers
 
 log = logging.getLogger("medgrounder.evaluate")
 TASK_KEYS = {"identify": "vindr_identify", "grounding": "vindr_identify", "vqa": "vindr_vqa"}
 
 
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 @torch.no_grad()
-def generate_rows(module, loader, desc: str = "generate") -> list[dict]:
-    """Greedy answers for every sample of ``loader`` as ``predictions.jsonl`` rows."""
+def _generate(module, loader, desc: str) -> list[dict]:
     was_training = module.training
     module.eval()
     rows = []
-    for batch in tqdm(loader, desc=desc):
+    for batch in tqdm(loader, desc=desc, disable=_rank_world()[0] != 0):
         answers = module.generate(batch["images"].to(module.device), batch["prompt_ids"].to(module.device),
                                   batch["prompt_mask"].to(module.device))
         for meta, answer in zip(batch["meta"], answers, strict=True):
@@ -45,6 +60,33 @@ def generate_rows(module, loader, desc: str = "generate") -> list[dict]:
                          "prediction": answer})
     module.train(was_training)
     return rows
+
+
+def generate_rows(module, loader, desc: str = "generate") -> list[dict]:
+    """Greedy answers for every sample of ``loader`` as ``predictions.jsonl`` rows, in dataset
+    order.
+
+    Under ``torch.distributed`` (initialised, world size > 1) the dataset is sharded with a
+    :class:`~torch.utils.data.DistributedSampler` (no shuffle), each rank generates its shard,
+    and the rows of all ranks are gathered on every rank; the samples the sampler repeats to pad
+    the last shard are dropped (by sample ``id``), so each sample appears exactly once and the
+    rows equal the single-process ones.
+    """
+    rank, world = _rank_world()
+    if world == 1:
+        return _generate(module, loader, desc)
+    sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=False)
+    indices = list(sampler)
+    shard = DataLoader(Subset(loader.dataset, indices), batch_size=loader.batch_size,
+                       collate_fn=loader.collate_fn, num_workers=loader.num_workers)
+    mine = list(zip(indices, _generate(module, shard, f"{desc} [rank {rank}/{world}]"), strict=True))
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, mine)
+    by_id: dict = {}
+    for part in parts:
+        for index, row in part:
+            by_id.setdefault(row["id"], (index, row))
+    return [row for _, row in sorted(by_id.values(), key=lambda t: t[0])]
 
 
 def evaluate_task(module, datamodule, task: str, num_figure_images: int = 8):
@@ -59,13 +101,27 @@ def evaluate_task(module, datamodule, task: str, num_figure_images: int = 8):
     else:
         metrics = vindr_vqa_metrics(rows)
         figure = None
+    # LiteGPT tables 4-5: text metrics of the answers with boxes and <p> tags stripped.
+    text = text_metrics([r["prediction"] for r in rows], [r["reference"] for r in rows])
+    metrics.update({f"text/{k}": v for k, v in text.items() if k != "num_samples"})
     log.info("[%s] %s", task, {k: round(v, 4) for k, v in metrics.items() if "/" not in k or k.startswith("micro")})
     return {key: metrics}, rows, figure
 
 
+def load_record_image(rec, windowing: str = "dicom") -> tuple[np.ndarray, float, float]:
+    """The picture of a record and the factors that scale its pixel boxes onto it: the DICOM at
+    its original size when ``rec.path`` exists, else the prepared cache image ``rec.image``
+    (resized; boxes scale by its size over the original ``width`` / ``height``)."""
+    if Path(rec.path).is_file() or not getattr(rec, "image", None):
+        return load_dicom_uint8(rec.path, windowing=windowing), 1.0, 1.0
+    with Image.open(rec.image) as im:
+        img = np.asarray(im.convert("L"))
+    return img, img.shape[1] / rec.width, img.shape[0] / rec.height
+
+
 def box_figure(rows: list[dict], datamodule, n: int):
     """Ground truth (green) and predictions (red) on the first ``n`` abnormal test images, at the
-    original resolution."""
+    original resolution (or on the prepared cache image when the DICOM is not there)."""
     from medgrounder.data.boxes import from_grid
 
     records = {r.image_id: r for r in datamodule.records["test"]}
@@ -76,11 +132,15 @@ def box_figure(rows: list[dict], datamodule, n: int):
         if not row["gt_boxes"]:
             continue
         rec = records[row["image_id"]]
+        img, sx, sy = load_record_image(rec, datamodule.windowing)
+
+        def scaled(box, sx=sx, sy=sy):
+            return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
         parsed = parse_identify(row["prediction"])
-        pred = [(name, from_grid(box, rec.width, rec.height)) for name, box in parsed.findings]
-        gt = [(b[0], tuple(b[1:])) for b in row["gt_boxes"]]
-        panels.append(draw_boxes(load_dicom_uint8(rec.path, windowing=datamodule.windowing), gt, pred,
-                                 title=rec.image_id[:12]))
+        pred = [(name, scaled(from_grid(box, rec.width, rec.height))) for name, box in parsed.findings]
+        gt = [(b[0], scaled(b[1:])) for b in row["gt_boxes"]]
+        panels.append(draw_boxes(img, gt, pred, title=rec.image_id[:12]))
     return panels or None
 
 
@@ -101,6 +161,11 @@ def write_reports(out_dir: Path, metrics: dict, rows: list[dict], figures: list)
         m = metrics["vindr_vqa"]
         parts += [tables.classification_table(m, GLOBAL_LABELS, "global/", "Global labels"), "",
                   f"Valid outputs [vqa]: {m['valid_rate']:.4f}", ""]
+    text_rows = {f"model [{task}]": {k.removeprefix("text/"): v for k, v in m.items() if k.startswith("text/")}
+                 for task, m in metrics.items()}
+    text_rows = {name: m for name, m in text_rows.items() if m}
+    if text_rows:
+        parts += ["Text validity (boxes and <p> tags stripped)", "", tables.text_table(text_rows), ""]
     (out_dir / "tables.md").write_text("\n".join(parts))
     panels = [p for fig in figures for p in fig]
     if panels:
@@ -130,19 +195,28 @@ def evaluate_checkpoint(ckpt_path: str | Path, out_dir: str | Path, num_figure_i
     run_cfg = OmegaConf.create(ckpt["config"])
     L.seed_everything(run_cfg.seed, workers=True)  # random tiny towers are rebuilt as in training
     module = instantiate(run_cfg.model)
-    load_stage_checkpoint(module, ckpt, ckpt_path)
     datamodule = instantiate(run_cfg.data, tokenizer=module.tokenizer)
     datamodule.setup("test")
+    pretrain_configured_towers(run_cfg, module, datamodule)
+    load_stage_checkpoint(module, ckpt, ckpt_path)
     task = run_cfg.stages[ckpt["stage"]].task
     metrics, rows, figure = evaluate_task(module, datamodule, task, num_figure_images)
-    write_reports(Path(out_dir), metrics, rows, [figure] if figure else [])
+    if _rank_world()[0] == 0:
+        write_reports(Path(out_dir), metrics, rows, [figure] if figure else [])
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     evaluate_checkpoint(cfg.ckpt_path, cfg.paths.output_dir, cfg.num_figure_images)
-    print((Path(cfg.paths.output_dir) / "tables.md").read_text())
+    if _rank_world()[0] == 0:
+        print((Path(cfg.paths.output_dir) / "tables.md").read_text())
 
 
 if __name__ == "__main__":

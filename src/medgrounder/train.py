@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from medgrounder.evaluate import evaluate_task, write_reports
+from medgrounder.models.tower_pretraining import pretrain_configured_towers
 from medgrounder.utils.preflight import check_inputs
 
 log = logging.getLogger("medgrounder.train")
@@ -64,6 +65,7 @@ def run(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, tokenizer=module.tokenizer)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    pretrain_configured_towers(cfg, module, datamodule)
 
     base_optim = dict(module.optim)
     metrics: dict = {}

@@ -10,6 +10,11 @@ from medgrounder.data.prompts import prompt_suffix
 IGNORE_INDEX = -100
 
 
+def images_to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, S, S]`` -> float ``[B, 3, S, S]`` in [0, 1] (grey replicated to RGB)."""
+    return images.float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+
 class PromptCollator:
     """``[{image: uint8 [S, S], task, answer, meta}] -> batch``.
 
@@ -31,8 +36,7 @@ class PromptCollator:
     def __call__(self, items: list[dict]) -> dict:
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
-        images = torch.stack([it["image"] for it in items]).float().div_(255.0)
-        images = images.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+        images = images_to_float(torch.stack([it["image"] for it in items]))
         suffixes = [self._suffix(it["task"]) for it in items]
         answers = self.tokenizer([it["answer"] for it in items], add_special_tokens=False)["input_ids"]
         seqs = [s + a + [eos] for s, a in zip(suffixes, answers, strict=True)]

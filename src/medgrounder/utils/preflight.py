@@ -19,6 +19,17 @@ VINDR_FILES = (
 SOURCES = {
     "vindr": "VinDr-CXR 1.0.0 from https://physionet.org/content/vindr-cxr/1.0.0/ "
     "(credentialed access); set paths.vindr_root=DIR or VINDR_ROOT",
+    "mscxr": "MS-CXR from https://physionet.org/content/ms-cxr/ with the MIMIC-CXR-JPG images "
+    "(https://physionet.org/content/mimic-cxr-jpg/, credentialed access); set data.root=DIR or MSCXR_ROOT",
+}
+# Datasets with a data module in this suite (data.dataset, default vindr).
+DATA_MODULES = {"vindr"}
+# Weight files (not hub repositories): config key suffix -> where to get them.
+WEIGHT_FILES = {
+    "checkpoint": "BLIP-2's EVA ViT-g: https://storage.googleapis.com/sfr-vision-language-research/"
+    "LAVIS/models/BLIP2/eva_vit_g.pth",
+    "minigptv2": "MiniGPT-v2's stage-3 checkpoint (minigptv2_checkpoint.pth) linked from "
+    "https://github.com/Vision-CAIR/MiniGPT-4",
 }
 
 
@@ -56,6 +67,8 @@ def _weight_refs(model: DictConfig):
     towers = list(encoder.towers.values()) if "towers" in encoder else [encoder]
     for i, tower in enumerate(towers):
         prefix = f"model.encoder.towers[{i}]" if "towers" in encoder else "model.encoder"
+        if tower.get("checkpoint"):
+            yield f"{prefix}.checkpoint", tower.checkpoint, "file:checkpoint"
         if tower.get("pretrained"):
             yield f"{prefix}.pretrained", tower.pretrained, "config.json"
         name = tower.get("model_name", "")
@@ -63,22 +76,55 @@ def _weight_refs(model: DictConfig):
             yield f"{prefix}.model_name", name, "open_clip_config.json"
     if model.llm.get("pretrained"):
         yield "model.llm.pretrained", model.llm.pretrained, "config.json"
+    if (model.get("init_from") or {}).get("minigptv2"):
+        yield "model.init_from.minigptv2", model.init_from.minigptv2, "file:minigptv2"
+
+
+def _check_file(key: str, ref: str, kind: str) -> str | None:
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return None
+    return f"{key}: weights file {path.resolve()} does not exist. Get {WEIGHT_FILES[kind]}."
+
+
+def _check_data(data: DictConfig) -> list[str]:
+    if data.get("synth"):
+        return []
+    dataset = data.get("dataset") or "vindr"
+    root = Path(data.root)
+    problems = []
+    if dataset == "vindr":
+        # A prepared dir (`python -m medgrounder.prepare vindr`) replaces the raw layout.
+        if not (root / "annotations.jsonl").is_file():
+            missing = [f for f in VINDR_FILES if not (root / f).exists()]
+            if missing:
+                problems.append(
+                    f"data.root={root.resolve()} lacks {', '.join(missing)} (or the annotations.jsonl "
+                    f"of `python -m medgrounder.prepare vindr`). Get {SOURCES['vindr']}."
+                )
+    elif not root.exists():
+        problems.append(f"data.root={root.resolve()} does not exist. Get {SOURCES.get(dataset, dataset)}.")
+    if dataset not in DATA_MODULES:
+        problems.append(
+            f"data.dataset={dataset}: this suite has no data module for it yet (available: "
+            f"{', '.join(sorted(DATA_MODULES))}), so this experiment cannot train; its model and "
+            "configuration can be checked with `python -m medgrounder.summary`."
+        )
+    return problems
 
 
 def check_inputs(cfg: DictConfig) -> None:
-    problems = []
-    data = cfg.data
-    root = Path(data.root)
-    # A prepared dir (`python -m medgrounder.prepare vindr`) replaces the raw layout.
-    if not data.get("synth") and not (root / "annotations.jsonl").is_file():
-        missing = [f for f in VINDR_FILES if not (root / f).exists()]
-        if missing:
-            problems.append(
-                f"data.root={root.resolve()} lacks {', '.join(missing)} (or the annotations.jsonl "
-                f"of `python -m medgrounder.prepare vindr`). Get {SOURCES['vindr']}."
-            )
-    for key, ref, marker in _weight_refs(cfg.model):
-        msg = _check_weights(key, str(ref), marker)
+    problems = _check_data(cfg.data)
+    weights = list(_weight_refs(cfg.model))
+    loaded_towers = [key for key, _, _ in weights if key.startswith("model.encoder")]
+    if cfg.get("tower_pretraining") and loaded_towers:
+        raise ValueError(f"tower_pretraining is for randomly initialised tiny towers, but {', '.join(loaded_towers)} "
+                         "load pretrained weights: set tower_pretraining=null")
+    for key, ref, marker in weights:
+        if marker.startswith("file:"):
+            msg = _check_file(key, str(ref), marker.removeprefix("file:"))
+        else:
+            msg = _check_weights(key, str(ref), marker)
         if msg:
             problems.append(msg)
     if problems:

@@ -1,0 +1,89 @@
+"""Dense pretraining of random tiny towers (the demo's stand-in for pretrained towers)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import compose_train
+from medgrounder.data.labels import LOCAL_INDEX
+from medgrounder.models.encoders import FusedTowers, HFCLIPVision, TimmViT
+from medgrounder.models.tower_pretraining import coverage_targets, load_or_pretrain, pretrain_towers
+from medgrounder.utils.preflight import check_inputs
+
+CARDIO = LOCAL_INDEX["Cardiomegaly"]
+
+
+def test_coverage_targets_by_hand():
+    # 200 x 100 image, 2 x 2 grid: cells are 100 x 50 pixels.
+    t = coverage_targets([("Cardiomegaly", (0, 0, 100, 50)), ("Cardiomegaly", (150, 25, 200, 50))], 200, 100, 2)
+    assert t.shape == (4, 22)
+    np.testing.assert_allclose(t[:, CARDIO], [1.0, 0.25, 0.0, 0.0])
+    assert t.sum() == pytest.approx(1.25)
+    # Overlapping boxes of one class: the larger coverage per cell, not the sum.
+    t = coverage_targets([("Cardiomegaly", (0, 0, 100, 50)), ("Cardiomegaly", (0, 0, 50, 50))], 200, 100, 2)
+    assert t[0, CARDIO] == 1.0
+
+
+def _tiny_encoder():
+    torch.manual_seed(0)
+    return FusedTowers({
+        "vit": TimmViT(model_kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 16}, image_size=64),
+        "clip": HFCLIPVision(config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                     "num_attention_heads": 2, "patch_size": 32}, image_size=64),
+    })
+
+
+def _bright_square_data(n=48, size=64, seed=0):
+    """Black images with a white square labelled Cardiomegaly in half of them."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, size, size), dtype=np.uint8)
+    records = []
+    for i in range(n):
+        findings = []
+        if i % 2:
+            x, y = rng.integers(0, size - 24, 2)
+            images[i, y : y + 24, x : x + 24] = 255
+            findings = [("Cardiomegaly", (float(x), float(y), float(x + 24), float(y + 24)))]
+        records.append(SimpleNamespace(findings=findings, width=size, height=size))
+    return torch.from_numpy(images), records
+
+
+def test_pretraining_learns_where_findings_are_and_restores_flags():
+    enc = _tiny_encoder()
+    enc.requires_grad_(False)
+    images, records = _bright_square_data()
+    losses = pretrain_towers(enc, images, records, steps=60, lr=3e-3, warmup_steps=5, batch_size=16)
+    assert len(losses) == 60
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), losses
+
+
+def test_cache_is_reused_and_keeps_requires_grad(tmp_path):
+    images, records = _bright_square_data()
+    dm = SimpleNamespace(
+        samples=lambda split, task: [SimpleNamespace(index=i, record=r) for i, r in enumerate(records)],
+        images={"train": images},
+    )
+    settings = {"steps": 5, "lr": 1e-3, "warmup_steps": 1, "batch_size": 8}
+    first = _tiny_encoder()
+    first.requires_grad_(False)
+    path = load_or_pretrain(first, dm, settings, tmp_path, "k", seed=0)
+    assert path.is_file() and not any(p.requires_grad for p in first.parameters())
+    second = _tiny_encoder()  # same random init; the cache, not training, must give it the weights
+    before = {k: v.clone() for k, v in second.state_dict().items()}
+    dm.samples = None  # a second pretraining would fail: the cache must be used
+    load_or_pretrain(second, dm, settings, tmp_path, "k", seed=0)
+    assert all(p.requires_grad for p in second.parameters())
+    after = second.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in first.state_dict().items())
+    assert any(not torch.equal(after[k], before[k]) for k in before)
+
+
+def test_pretraining_refused_for_towers_with_weights(tmp_path):
+    cfg = compose_train(["+experiment=litegpt_dual", "tower_pretraining={steps:10}",
+                         f"paths.output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=r"model\.encoder\.towers\[0\]\.model_name.*tower_pretraining=null"):
+        check_inputs(cfg)
