@@ -51,7 +51,10 @@ def test_both_stages_fast_dev_run(synth_vindr_root, tmp_path):
     for name in ("metrics.json", "tables.md", "predictions.jsonl", "boxes.png",
                  "checkpoints/identify.pt", "checkpoints/vqa.pt"):
         assert (out / name).is_file(), name
-    assert list((out / "wandb").glob("offline-run-*")), "an offline W&B run per stage"
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2, "an offline W&B run per stage"
+    tables = sorted(p.name.split("_")[0] for run_dir in runs for p in run_dir.rglob("*.table.json"))
+    assert tables == ["answers", "answers", "boxes"], tables  # [identify] also gets its box pictures
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert {r["task"] for r in rows} == {"identify", "vqa"}
     assert {"id", "image_id", "task", "prompt", "reference", "prediction", "image_width", "image_height"} <= set(rows[0])

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medgrounder.evaluate import evaluate_task, write_reports
 from medgrounder.models.tower_pretraining import pretrain_configured_towers
+from medgrounder.utils.logging import log_wandb_predictions
 from medgrounder.utils.preflight import check_inputs
 
 log = logging.getLogger("medgrounder.train")
@@ -94,6 +95,8 @@ def run(cfg: DictConfig) -> dict:
                 figures.append(figure)
             for lg in loggers:
                 lg.log_metrics({f"test/{k}": v for k, v in _flatten(task_metrics).items()}, step=trainer.global_step)
+                if isinstance(lg, WandbLogger):
+                    log_wandb_predictions(lg, scfg.task, task_rows, figure)
         for lg in loggers:
             if isinstance(lg, WandbLogger):  # one W&B run per stage
                 lg.experiment.finish()

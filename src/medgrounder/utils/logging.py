@@ -52,3 +52,23 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", entity: str | 
         run_dir = logger.experiment.dir
         log.info("W&B is offline; sync later with: wandb sync %s", Path(run_dir).parent)
     return logger
+
+
+def log_wandb_predictions(logger, task: str, rows: list[dict], panels: list | None, max_rows: int = 500) -> None:
+    """A stage's test answers as W&B tables: every answer beside its reference (first
+    ``max_rows``), and the box pictures (ground truth green, predictions red) beside theirs.
+    ``panels`` are :func:`medgrounder.evaluate.box_figure`'s, drawn for the first test rows with
+    ground-truth boxes, in order."""
+    import wandb
+
+    columns = ["id", "image_id", "prediction", "reference"]
+    answers = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows[:max_rows]])
+    payload = {f"test/{task}/answers": answers}
+    shown = [r for r in rows if r.get("gt_boxes")][: len(panels or [])]
+    if shown:
+        payload[f"test/{task}/boxes"] = wandb.Table(
+            columns=["image_id", "boxes", "prediction", "reference"],
+            data=[[r["image_id"], wandb.Image(p, caption="green: truth, red: predicted"), r["prediction"],
+                   r["reference"]] for r, p in zip(shown, panels, strict=False)],
+        )
+    logger.experiment.log(payload)
