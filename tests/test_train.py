@@ -96,6 +96,7 @@ def test_evaluate_rebuilds_from_checkpoint_and_checks_keys(synth_vindr_root, tmp
     trained = run(compose_train([*tiny_run_overrides(synth_vindr_root, out), "+trainer.fast_dev_run=true"]))
     metrics = evaluate_checkpoint(out / "checkpoints" / "vqa.pt", tmp_path / "eval", num_figure_images=1)
     assert metrics == {"vindr_vqa": trained["vindr_vqa"]}
+    assert [p.name.split("_")[0] for p in (tmp_path / "eval" / "wandb").rglob("*.table.json")] == ["answers"]
     assert (tmp_path / "eval" / "predictions.jsonl").read_text() == "".join(
         line + "\n" for line in (out / "predictions.jsonl").read_text().splitlines() if '"task": "vqa"' in line)
 

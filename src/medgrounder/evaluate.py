@@ -203,7 +203,25 @@ def evaluate_checkpoint(ckpt_path: str | Path, out_dir: str | Path, num_figure_i
     metrics, rows, figure = evaluate_task(module, datamodule, task, num_figure_images)
     if _rank_world()[0] == 0:
         write_reports(Path(out_dir), metrics, rows, [figure] if figure else [])
+        _log_wandb(run_cfg, Path(out_dir), ckpt["stage"], task, metrics, rows, figure)
     return metrics
+
+
+def _log_wandb(run_cfg, out_dir: Path, stage: str, task: str, metrics: dict, rows: list[dict], figure) -> None:
+    """The training run's W&B settings, a run of job type ``evaluate`` saved under ``out_dir``."""
+    from medgrounder.utils.logging import flatten_metrics, log_wandb_predictions, wandb_logger
+
+    wcfg = (run_cfg.get("logger") or {}).get("wandb")
+    if not wcfg:
+        return
+    logger = wandb_logger(project=wcfg.project, save_dir=str(out_dir), mode=wcfg.mode, entity=wcfg.get("entity"),
+                          group=wcfg.get("group"), tags=list(wcfg.get("tags") or []),
+                          name=f"{run_cfg.run_name}-{stage}-evaluate", job_type="evaluate")
+    if logger is None:  # WANDB_MODE=disabled
+        return
+    logger.log_metrics({f"test/{k}": v for k, v in flatten_metrics(metrics).items()})
+    log_wandb_predictions(logger, task, rows, figure)
+    logger.experiment.finish()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

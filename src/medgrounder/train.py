@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medgrounder.evaluate import evaluate_task, write_reports
 from medgrounder.models.tower_pretraining import pretrain_configured_towers
-from medgrounder.utils.logging import log_wandb_predictions
+from medgrounder.utils.logging import flatten_metrics, log_wandb_predictions
 from medgrounder.utils.preflight import check_inputs
 
 log = logging.getLogger("medgrounder.train")
@@ -94,7 +94,7 @@ def run(cfg: DictConfig) -> dict:
             if figure is not None:
                 figures.append(figure)
             for lg in loggers:
-                lg.log_metrics({f"test/{k}": v for k, v in _flatten(task_metrics).items()}, step=trainer.global_step)
+                lg.log_metrics({f"test/{k}": v for k, v in flatten_metrics(task_metrics).items()}, step=trainer.global_step)
                 if isinstance(lg, WandbLogger):
                     log_wandb_predictions(lg, scfg.task, task_rows, figure)
         for lg in loggers:
@@ -105,16 +105,6 @@ def run(cfg: DictConfig) -> dict:
         print((out_dir / "tables.md").read_text())
         log.info("metrics: %s", out_dir / "metrics.json")
     return metrics
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        elif isinstance(v, (int, float)):
-            out[f"{prefix}{k}"] = float(v)
-    return out
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -72,3 +72,14 @@ def log_wandb_predictions(logger, task: str, rows: list[dict], panels: list | No
                    r["reference"]] for r, p in zip(shown, panels, strict=False)],
         )
     logger.experiment.log(payload)
+
+
+def flatten_metrics(d: dict, prefix: str = "") -> dict[str, float]:
+    """``{"vindr_vqa": {"micro/f1": 0.7}}`` -> ``{"vindr_vqa/micro/f1": 0.7}`` (numbers only)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten_metrics(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)):
+            out[f"{prefix}{k}"] = float(v)
+    return out
