@@ -23,7 +23,8 @@ install: $(VENV)/.installed ## Create .venv and install the package with its dev
 demo: install ## Run the embedded demo: synthetic VinDr-CXR, tiny LiteGPT, [identify] then [vqa], evaluation
 	$(PY) -m medgrounder.train $(ARGS)
 
-test: install ## Run the test suite (CPU only)
+test: install ## Run the test suite (CPU only; installs WordNet for METEOR where it can)
+	-@$(MAKE) --no-print-directory wordnet
 	$(PY) -m pytest -q $(ARGS)
 
 wordnet: ## WordNet 3.0 for METEOR (nltk backend, LiteGPT's numbers): Debian's wordnet-base (root)
