@@ -60,7 +60,7 @@ def main() -> None:
     dm.prepare_data()
     dm.setup("fit")
     if not args.oracle:
-        pretrain_configured_towers(cfg, module, dm)
+        pretrain_configured_towers(cfg, module, lambda: dm)
     dm.set_task(args.task)
     current: dict = {}
     if args.oracle:

@@ -70,12 +70,12 @@ def test_cache_is_reused_and_keeps_requires_grad(tmp_path):
     settings = {"steps": 5, "lr": 1e-3, "warmup_steps": 1, "batch_size": 8}
     first = _tiny_encoder()
     first.requires_grad_(False)
-    path = load_or_pretrain(first, dm, settings, tmp_path, "k", seed=0)
+    path = load_or_pretrain(first, lambda: dm, settings, tmp_path, "k", seed=0)
     assert path.is_file() and not any(p.requires_grad for p in first.parameters())
     second = _tiny_encoder()  # same random init; the cache, not training, must give it the weights
     before = {k: v.clone() for k, v in second.state_dict().items()}
     dm.samples = None  # a second pretraining would fail: the cache must be used
-    load_or_pretrain(second, dm, settings, tmp_path, "k", seed=0)
+    load_or_pretrain(second, lambda: dm, settings, tmp_path, "k", seed=0)
     assert all(p.requires_grad for p in second.parameters())
     after = second.state_dict()
     assert all(torch.equal(after[k], v) for k, v in first.state_dict().items())

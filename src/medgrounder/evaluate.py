@@ -188,22 +188,38 @@ def load_stage_checkpoint(module, ckpt: dict, path: str | Path) -> None:
                          "trained with (other pretrained files, or another seed for random towers)")
 
 
-def evaluate_checkpoint(ckpt_path: str | Path, out_dir: str | Path, num_figure_images: int = 8) -> dict:
-    """Rebuild the model from a stage checkpoint's config, load its weights strictly and evaluate
-    that stage's task on the test split; writes the reports into ``out_dir``."""
+def load_checkpoint_module(ckpt_path: str | Path):
+    """Rebuild the model from a stage checkpoint's config and load its weights strictly.
+
+    Returns ``(module, run config, stage name, data)``; ``data()`` gives the run's datamodule, set
+    up, built on first call (only evaluation, or pretraining tiny towers not cached yet, needs it).
+    """
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     run_cfg = OmegaConf.create(ckpt["config"])
     L.seed_everything(run_cfg.seed, workers=True)  # random tiny towers are rebuilt as in training
     module = instantiate(run_cfg.model)
-    datamodule = instantiate(run_cfg.data, tokenizer=module.tokenizer)
-    datamodule.setup("test")
-    pretrain_configured_towers(run_cfg, module, datamodule)
+    built: list = []
+
+    def data():
+        if not built:
+            built.append(instantiate(run_cfg.data, tokenizer=module.tokenizer))
+            built[0].setup("test")
+        return built[0]
+
+    pretrain_configured_towers(run_cfg, module, data)
     load_stage_checkpoint(module, ckpt, ckpt_path)
-    task = run_cfg.stages[ckpt["stage"]].task
-    metrics, rows, figure = evaluate_task(module, datamodule, task, num_figure_images)
+    return module, run_cfg, ckpt["stage"], data
+
+
+def evaluate_checkpoint(ckpt_path: str | Path, out_dir: str | Path, num_figure_images: int = 8) -> dict:
+    """Rebuild the model from a stage checkpoint (:func:`load_checkpoint_module`) and evaluate
+    that stage's task on the test split; writes the reports into ``out_dir``."""
+    module, run_cfg, stage, data = load_checkpoint_module(ckpt_path)
+    task = run_cfg.stages[stage].task
+    metrics, rows, figure = evaluate_task(module, data(), task, num_figure_images)
     if _rank_world()[0] == 0:
         write_reports(Path(out_dir), metrics, rows, [figure] if figure else [])
-        _log_wandb(run_cfg, Path(out_dir), ckpt["stage"], task, metrics, rows, figure)
+        _log_wandb(run_cfg, Path(out_dir), stage, task, metrics, rows, figure)
     return metrics
 
 

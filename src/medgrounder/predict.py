@@ -19,11 +19,9 @@ import logging
 from pathlib import Path
 
 import hydra
-import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 from medgrounder.data.boxes import from_grid
@@ -32,6 +30,7 @@ from medgrounder.data.dicom import load_dicom_uint8
 from medgrounder.data.prompts import INSTRUCTIONS, PROMPT_PREFIX, prompt_suffix
 from medgrounder.eval.parse import parse_identify, parse_refer, parse_vqa
 from medgrounder.eval.visualize import draw_boxes
+from medgrounder.evaluate import load_checkpoint_module
 
 log = logging.getLogger("medgrounder.predict")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -44,24 +43,6 @@ def read_image(path: str | Path, windowing: str = "dicom") -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("L"))
     return load_dicom_uint8(path, windowing=windowing)
-
-
-def load_module(ckpt_path: str | Path):
-    """``(model with the checkpoint's weights, the checkpoint's config, its stage's task)``."""
-    from medgrounder.evaluate import load_stage_checkpoint
-
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    run_cfg = OmegaConf.create(ckpt["config"])
-    L.seed_everything(run_cfg.seed, workers=True)  # random tiny towers are rebuilt as in training
-    module = instantiate(run_cfg.model)
-    if run_cfg.get("tower_pretraining"):  # the towers as training made them (cached or redone)
-        from medgrounder.models.tower_pretraining import pretrain_configured_towers
-
-        datamodule = instantiate(run_cfg.data, tokenizer=module.tokenizer)
-        datamodule.setup("test")
-        pretrain_configured_towers(run_cfg, module, datamodule)
-    load_stage_checkpoint(module, ckpt, ckpt_path)
-    return module, run_cfg, run_cfg.stages[ckpt["stage"]].task
 
 
 def answer_boxes(answer: str, task: str, width: int, height: int) -> tuple[bool, list[dict]]:
@@ -80,7 +61,8 @@ def answer_boxes(answer: str, task: str, width: int, height: int) -> tuple[bool,
 def predict(ckpt_path: str | Path, image: str | Path, out_dir: str | Path, phrase: str | None = None,
             task: str | None = None, max_new_tokens: int | None = None) -> dict:
     """Run the model on one image; writes ``prediction.json`` and ``overlay.png`` into ``out_dir``."""
-    module, run_cfg, stage_task = load_module(ckpt_path)
+    module, run_cfg, stage, _ = load_checkpoint_module(ckpt_path)
+    stage_task = run_cfg.stages[stage].task
     module.eval()
     task = task or ("refer" if phrase else stage_task)
     if phrase is None and task not in INSTRUCTIONS:

@@ -66,7 +66,7 @@ def run(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, tokenizer=module.tokenizer)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    pretrain_configured_towers(cfg, module, datamodule)
+    pretrain_configured_towers(cfg, module, lambda: datamodule)
 
     base_optim = dict(module.optim)
     metrics: dict = {}

@@ -20,8 +20,9 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,17 +105,18 @@ def cache_key(encoder_cfg: dict, settings: dict, data_root: str, seed: int) -> s
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_or_pretrain(encoder: nn.Module, datamodule, settings: dict, cache_dir: str | Path, key: str,
-                     seed: int) -> Path:
-    """Load the pretrained towers of ``key`` from ``cache_dir``, or pretrain them on
-    ``datamodule``'s training split (set up already) and cache them (written to a temporary name,
-    then renamed). ``settings``: :func:`pretrain_towers` keyword arguments. The towers keep their
-    ``requires_grad`` flags."""
+def load_or_pretrain(encoder: nn.Module, data: Callable[[], Any], settings: dict, cache_dir: str | Path,
+                     key: str, seed: int) -> Path:
+    """Load the pretrained towers of ``key`` from ``cache_dir``, or pretrain them on the training
+    split of ``data()`` (a set-up datamodule, asked for only then) and cache them (written to a
+    temporary name, then renamed). ``settings``: :func:`pretrain_towers` keyword arguments. The
+    towers keep their ``requires_grad`` flags."""
     trainable = [p.requires_grad for p in encoder.parameters()]
     path = Path(cache_dir) / f"towers-{key}.pt"
     if path.is_file():
         log.info("pretrained tiny towers: %s", path)
     else:
+        datamodule = data()
         samples = datamodule.samples("train", "vqa")  # every training image, with or without findings
         index = torch.tensor([s.index for s in samples])
         losses = pretrain_towers(encoder, datamodule.images["train"][index], [s.record for s in samples],
@@ -132,9 +134,10 @@ def load_or_pretrain(encoder: nn.Module, datamodule, settings: dict, cache_dir: 
     return path
 
 
-def pretrain_configured_towers(cfg, module, datamodule) -> Path | None:
-    """Apply ``cfg.tower_pretraining`` (null: nothing) to ``module.encoder``; train and evaluate
-    both call it, so a rebuilt model gets the same towers."""
+def pretrain_configured_towers(cfg, module, data: Callable[[], Any]) -> Path | None:
+    """Apply ``cfg.tower_pretraining`` (null: nothing) to ``module.encoder``; training and every
+    rebuild from a checkpoint call it, so they get the same towers. ``data()`` gives the set-up
+    datamodule, needed only when the towers are not cached yet."""
     from omegaconf import OmegaConf
 
     if not cfg.get("tower_pretraining"):
@@ -142,4 +145,4 @@ def pretrain_configured_towers(cfg, module, datamodule) -> Path | None:
     settings = OmegaConf.to_container(cfg.tower_pretraining, resolve=True)
     cache_dir = settings.pop("cache_dir")
     key = cache_key(OmegaConf.to_container(cfg.model.encoder, resolve=True), settings, cfg.data.root, cfg.seed)
-    return load_or_pretrain(module.encoder, datamodule, settings, cache_dir, key, cfg.seed)
+    return load_or_pretrain(module.encoder, data, settings, cache_dir, key, cfg.seed)
