@@ -1,19 +1,29 @@
-"""``prepare``'s per-image path vs the LiteGPT appendix code; label building at Kaggle size.
+"""``prepare``'s per-image path vs pydicom's decode and the LiteGPT appendix code; label
+building at Kaggle size.
 
-    python bench/bench_prepare.py [--n 16] [--size 448] [--rounds 5] [--rows 67914] [--workdir DIR]
+    python bench/bench_prepare.py [--n 16] [--size 448] [--rounds 7] [--compressed 4] [--compressed-rounds 3]
+                                  [--rows 67914] [--workdir DIR]
 
-Part 1 writes ``--n`` full-size synthetic DICOMs (2500-3000 pixels a side) with the synth code
-and times, one image at a time in this one process (one core), interleaved over ``--rounds``
-rounds (the per-image minimum is kept):
+Part 1 writes ``--n`` full-size synthetic DICOMs (2500-3000 pixels a side, 12-16 bits) with the
+synth code and times, one image at a time in this one process (one core), interleaved over
+``--rounds`` rounds (each method's per-image median over the rounds, averaged over the images;
+this process's CPU time, i.e. per core, unless ``--clock wall``):
 
-- pydicom's raw pixel decode alone (``dcmread`` + ``pixel_array``);
+- pydicom's raw pixel decode alone (``dcmread`` + ``pixel_array``), the reference;
 - the LiteGPT appendix A.1 code (float64 windowing, verbatim), its RGB conversion and a bilinear
-  resize to ``--size`` (the baseline);
-- ``prepare``'s path: decode + window + resize (``load_dicom_uint8`` + ``resize_square``), and
-  the whole per-image job (``prepare_image``: that plus the PNG write).
+  resize to ``--size``;
+- ``prepare``'s default path, exact: decode + window every pixel + resize (``load_cache_image``),
+  and the whole per-image job (``prepare_image``: that plus the PNG write);
+- the same with ``--reduce-first`` (box means of the stored values windowed; not exact).
+
+Then where the time goes, step by step (the same helpers, checked to give the same arrays), and
+how far ``--reduce-first`` lands from the default. Overheads compare whole paths: ``prepare``
+gets its pixels its own way (an uncompressed file is memory-mapped, not copied twice as
+``dcmread`` + ``pixel_array`` do), so part of its budget is what it does not copy. Files are read
+from the page cache (every round after the first).
 
 The first ``--compressed`` images are also re-encoded as JPEG 2000 lossless and timed the same
-way: there decoding does real work, where an uncompressed file's decode is about one copy.
+way (without the PNG write, over ``--compressed-rounds`` rounds): there decoding does real work, where an uncompressed file's decode is about two copies.
 
 Part 2 writes a Kaggle-layout ``train.csv`` with the synth command (tiny DICOMs), cut to exactly
 ``--rows`` rows, and times label building: csv parsing, DICOM header reads, and records
@@ -37,11 +47,12 @@ from PIL import Image
 from pydicom.multival import MultiValue
 from pydicom.uid import JPEG2000Lossless
 
+from medgrounder.data import dicom
 from medgrounder.data.boxes import to_grid
 from medgrounder.data.dicom import load_dicom_uint8
 from medgrounder.data.prompts import identify_answer
 from medgrounder.data.vindr import build_records, dicom_path, parse_kaggle, read_sizes
-from medgrounder.prepare import prepare_image, resize_square
+from medgrounder.prepare import load_cache_image, prepare_image, resize_reduced, resize_square
 from medgrounder.synth import synth_vindr
 
 
@@ -80,71 +91,184 @@ def pydicom_decode(path: str) -> np.ndarray:
     return pydicom.dcmread(path).pixel_array
 
 
-def prepare_array(path: str, size: int) -> np.ndarray:
-    return resize_square(load_dicom_uint8(path), size)
+# Step by step, with the loaders' own helpers (``load_dicom_uint8`` / ``load_dicom_reduced``,
+# windowing "dicom"); each returns its result and {step: seconds}.
+
+
+# CPU time of this process by default: the per-core cost, and far less disturbed than wall time
+# by other load on a shared machine (--clock wall for wall time).
+CLOCK = time.process_time
+
+
+class _Clock:
+    def __init__(self):
+        self.steps: dict[str, float] = {}
+        self._last = CLOCK()
+
+    def lap(self, name: str) -> None:
+        now = CLOCK()
+        self.steps[name] = self.steps.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+def steps_decode(path: str, size: int):
+    c = _Clock()
+    ds = pydicom.dcmread(path)
+    c.lap("dcmread (whole file)")
+    arr = ds.pixel_array
+    c.lap("pixel_array")
+    return arr, c.steps
+
+
+def steps_default(path: str, size: int):
+    c = _Clock()
+    ds = dicom._open(path, True)
+    c.lap("header (dcmread, pixels deferred)")
+    arr, mask = dicom._stored_values(ds, path, True)
+    c.lap("pixels (map, or decode)")
+    table = dicom._table(ds, arr, "dicom", mask)
+    c.lap("window table (65,536 values)")
+    img = dicom._gather(table, arr)
+    c.lap("window: gather every pixel")
+    out = resize_square(img, size)
+    c.lap("resize (Pillow reduce + bilinear)")
+    return out, c.steps
+
+
+def steps_reduced(path: str, size: int):
+    c = _Clock()
+    ds = dicom._open(path, True)
+    c.lap("header (dcmread, pixels deferred)")
+    arr, mask = dicom._stored_values(ds, path, True)
+    c.lap("pixels (map, or decode)")
+    h, w = arr.shape
+    arr, top = dicom._checked_top(arr, mask)
+    c.lap("max (when Bits Stored < Allocated)")
+    kx, ky = dicom.reduce_factors(w, h, size)
+    means, total = dicom._box_means(arr, ky, kx, np.iinfo(arr.dtype).max if top is None else top)
+    c.lap("box means of stored values")
+    stats = dicom._Stats(arr).known(mean=total / arr.size)
+    if top is not None:
+        stats.known(max=float(top))
+    table = dicom._table(ds, arr, "dicom", stats=stats, top=top)
+    c.lap("window table (values up to the max)")
+    img = dicom._gather(table, means)
+    c.lap("window: gather box means")
+    out = resize_reduced(img, w, h, size)
+    c.lap("resize (bilinear from box means)")
+    return out, c.steps
 
 
 def _timed(fn, *args) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     fn(*args)
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
-def _time_methods(paths: list[str], methods: dict, rounds: int, png: Path) -> dict[str, float]:
-    """Mean over images of each method's fastest of ``rounds`` runs, in ms.
+def _median_ms(per_image: list[list[float]], keep: list[bool] | None = None) -> float:
+    """Per-image median over the rounds, averaged over the (kept) images, in ms."""
+    return 1000 * float(np.mean([np.median(v) for i, v in enumerate(per_image) if keep is None or keep[i]]))
 
-    Each round runs every method over all images in turn: a method meets the allocator state it
-    leaves itself, as in a real run (a float64 baseline before it would otherwise hand it freshly
-    unmapped memory to fault in), and the rounds spread background load over all methods."""
-    best = {m: [np.inf] * len(paths) for m in methods}
+
+def _time_methods(paths: list[str], methods: dict, steps: dict, rounds: int, png: Path, size: int):
+    """Each round runs every method, then every step-by-step path, over all images in turn: a
+    method meets the allocator state it leaves itself, as in a real run (a float64 baseline
+    before it would otherwise hand it freshly unmapped memory to fault in), and the rounds spread
+    background load over all methods. Returns ms per method and ms per path and step."""
+    times = {m: [[] for _ in paths] for m in methods}
+    step_times: dict = {k: {} for k in steps}
     for _ in range(rounds):
         for name, fn in methods.items():
             for i, path in enumerate(paths):
                 png.unlink(missing_ok=True)  # prepare_image skips finished images
-                best[name][i] = min(best[name][i], _timed(fn, path))
-    return {m: 1000 * float(np.mean(v)) for m, v in best.items()}
+                times[name][i].append(_timed(fn, path))
+        for name, fn in steps.items():
+            for i, path in enumerate(paths):
+                for step, sec in fn(path, size)[1].items():
+                    step_times[name].setdefault(step, [[] for _ in paths])[i].append(sec)
+    bits = [int(pydicom.dcmread(p, stop_before_pixels=True).BitsStored) for p in paths]
+    by_bits = {b: {m: _median_ms(v, [x == b for x in bits]) for m, v in times.items()} for b in sorted(set(bits))}
+    return ({m: _median_ms(v) for m, v in times.items()},
+            {k: {s: _median_ms(v) for s, v in st.items()} for k, st in step_times.items()}, by_bits)
 
 
-def _print_times(ms: dict[str, float]) -> None:
-    print(f"  pydicom decode alone (dcmread + pixel_array)   {ms['decode']:8.1f} ms/image")
-    print(f"  LiteGPT appendix (float64) + RGB + resize      {ms['litegpt']:8.1f} ms/image")
-    print(f"  prepare: decode + window + resize              {ms['prepare']:8.1f} ms/image")
-    if "job" in ms:
-        print(f"  prepare: whole job incl. PNG write             {ms['job']:8.1f} ms/image")
-        print(f"  speed-up vs LiteGPT, whole job                 {ms['litegpt'] / ms['job']:8.2f}x  (target >= 3x per core)")
-    print(f"  speed-up vs LiteGPT, decode + window + resize  {ms['litegpt'] / ms['prepare']:8.2f}x")
-    over = ms["prepare"] / ms["decode"] - 1
-    print(f"  decode + window + resize over pydicom decode   {100 * over:+8.1f} %  (target <= +30 %)")
+STEPS = {"decode": steps_decode, "prepare": steps_default, "reduce": steps_reduced}
+STEP_TITLES = {"decode": "pydicom decode alone", "prepare": "prepare, default (exact)",
+               "reduce": "prepare --reduce-first"}
 
 
-def bench_images(work: Path, n: int, size: int, rounds: int, compressed: int) -> None:
+def _print_times(ms: dict[str, float], steps: dict, by_bits: dict) -> None:
+    dec = ms["decode"]
+    print(f"  pydicom decode alone (dcmread + pixel_array)     {dec:8.1f} ms/image")
+    print(f"  LiteGPT appendix (float64) + RGB + resize        {ms['litegpt']:8.1f} ms/image")
+    for key, title in (("prepare", "prepare, default (exact)"), ("reduce", "prepare --reduce-first")):
+        print(f"  {title:32s} decode + window + resize {ms[key]:8.1f} ms/image  "
+              f"{100 * (ms[key] / dec - 1):+7.1f} % over pydicom decode (target <= +30 %)")
+        if f"job_{key}" in ms:
+            job = ms[f"job_{key}"]
+            print(f"  {title:32s} whole job incl. PNG      {job:8.1f} ms/image  "
+                  f"{ms['litegpt'] / job:7.2f}x faster than LiteGPT per core (target >= 3x)")
+    if len(by_bits) > 1:
+        print("  over pydicom decode by bits stored (sums of 14-16-bit values need 32-bit adds):")
+        for b, m in by_bits.items():
+            print(f"      {b} bits: decode {m['decode']:6.1f} ms, default {100 * (m['prepare'] / m['decode'] - 1):+7.1f} %, "
+                  f"--reduce-first {100 * (m['reduce'] / m['decode'] - 1):+7.1f} %")
+    for key, st in steps.items():
+        print(f"  where the time goes, {STEP_TITLES[key]} (sum {sum(st.values()):.1f} ms):")
+        for step, t in st.items():
+            print(f"      {step:40s} {t:7.2f} ms")
+
+
+def _accuracy(paths: list[str], size: int) -> str:
+    """How far --reduce-first lands from the default: per-pixel |difference| in grey levels."""
+    diff = np.concatenate([np.abs(load_cache_image(p, size, reduce_first=True)[0].astype(int)
+                                  - load_cache_image(p, size)[0]).ravel() for p in paths])
+    return (f"--reduce-first vs default: mean |diff| {diff.mean():.2f} grey levels, 99th percentile "
+            f"{np.percentile(diff, 99):.0f}, max {diff.max()}; {100 * np.mean(diff > 2):.2f} % of pixels off by more than 2")
+
+
+def _check_steps(paths: list[str], size: int) -> None:
+    """The step-by-step paths compute what the loaders compute."""
+    for p in paths:
+        assert np.array_equal(steps_default(p, size)[0], load_cache_image(p, size)[0])
+        assert np.array_equal(steps_reduced(p, size)[0], load_cache_image(p, size, reduce_first=True)[0])
+
+
+def bench_images(work: Path, n: int, size: int, rounds: int, compressed: int, compressed_rounds: int) -> None:
     root = work / "full_size"
     start = time.perf_counter()
     synth_vindr(root, n=n, seed=0, test_frac=0.0, min_side=2500, max_side=3000)
     paths = sorted(str(p) for p in (root / "train").glob("*.dicom"))
     shapes = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
     pixels = np.mean([ds.Rows * ds.Columns for ds in shapes]) / 1e6
-    print(f"{len(paths)} synthetic DICOMs (uncompressed), {pixels:.1f} Mpixel on average, written in "
-          f"{time.perf_counter() - start:.1f} s; cache size {size}; {rounds} rounds, one process")
+    bits = sorted({int(ds.BitsStored) for ds in shapes})
+    clock = "CPU time" if CLOCK is time.process_time else "wall time"
+    print(f"{len(paths)} synthetic DICOMs (uncompressed), {pixels:.1f} Mpixel on average, {bits} bits stored, "
+          f"written in {time.perf_counter() - start:.1f} s; cache size {size}; {rounds} rounds, one process, {clock}")
 
     same = sum(np.array_equal(load_dicom_uint8(p), load_dicom_uint8(p, fast=False)) for p in paths)
     paper = sum(np.array_equal(np.asarray(litegpt_appendix(p))[..., 0], load_dicom_uint8(p, "litegpt"))
                 for p in paths)
+    _check_steps(paths, size)
     png = work / "one.png"
     methods = {
         "decode": pydicom_decode,
         "litegpt": lambda p: litegpt_baseline(p, size),
-        "prepare": lambda p: prepare_array(p, size),
-        "job": lambda p: prepare_image((p, str(png), size, "dicom")),
+        "prepare": lambda p: load_cache_image(p, size),
+        "reduce": lambda p: load_cache_image(p, size, reduce_first=True),
+        "job_prepare": lambda p: prepare_image((p, str(png), size, "dicom", False)),
+        "job_reduce": lambda p: prepare_image((p, str(png), size, "dicom", True)),
     }
-    _print_times(_time_methods(paths, methods, rounds, png))
+    _print_times(*_time_methods(paths, methods, STEPS, rounds, png, size))
     print(f"  fast windowing identical to the float reference: {same}/{len(paths)} images; "
           f"windowing='litegpt' identical to the appendix code: {paper}/{len(paths)}")
+    print(f"  {_accuracy(paths, size)}")
     if compressed:
-        bench_compressed(work, paths[:compressed], methods, rounds, png)
+        no_jobs = {k: v for k, v in methods.items() if not k.startswith("job")}
+        bench_compressed(work, paths[:compressed], no_jobs, compressed_rounds, png, size)
 
 
-def bench_compressed(work: Path, paths: list[str], methods: dict, rounds: int, png: Path) -> None:
+def bench_compressed(work: Path, paths: list[str], methods: dict, rounds: int, png: Path, size: int) -> None:
     """The same images re-encoded as JPEG 2000 lossless, where decoding does real work."""
     out = work / "j2k"
     out.mkdir(exist_ok=True)
@@ -155,8 +279,11 @@ def bench_compressed(work: Path, paths: list[str], methods: dict, rounds: int, p
         j2k.append(str(out / Path(path).name))
         ds.save_as(j2k[-1], enforce_file_format=True)
     same = sum(np.array_equal(load_dicom_uint8(a), load_dicom_uint8(b)) for a, b in zip(paths, j2k, strict=True))
-    print(f"\nThe first {len(j2k)} of them as JPEG 2000 lossless ({same}/{len(j2k)} decode to the same image)")
-    _print_times(_time_methods(j2k, {k: v for k, v in methods.items() if k != "job"}, rounds, png))
+    _check_steps(j2k, size)
+    print(f"\nThe first {len(j2k)} of them as JPEG 2000 lossless ({same}/{len(j2k)} decode to the same image); "
+          f"{rounds} rounds")
+    _print_times(*_time_methods(j2k, methods, STEPS, rounds, png, size))
+    print(f"  {_accuracy(j2k, size)}")
 
 
 def _cut_csv(path: Path, rows: int) -> int:
@@ -199,15 +326,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=16, help="full-size DICOMs (part 1)")
     ap.add_argument("--size", type=int, default=448, help="cache image side")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--compressed", type=int, default=4, help="of them also as JPEG 2000 (0 skips it)")
+    ap.add_argument("--compressed-rounds", type=int, default=3, help="rounds for those (a decode takes ~1 s)")
     ap.add_argument("--rows", type=int, default=67914, help="train.csv rows (part 2); 0 skips it")
     ap.add_argument("--workdir", help="keep the synthetic data here (default: a temporary dir)")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="time images by this process's CPU time (default) or by wall time")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        bench_images(work, args.n, args.size, args.rounds, args.compressed)
+        bench_images(work, args.n, args.size, args.rounds, args.compressed, args.compressed_rounds)
         if args.rows:
             bench_labels(work, args.rows)
 

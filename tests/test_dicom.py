@@ -1,3 +1,5 @@
+import mmap
+
 import numpy as np
 import pydicom
 import pytest
@@ -5,12 +7,17 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+import medgrounder.data.dicom as dicom_module
 from medgrounder.data.dicom import (
     WINDOWINGS,
     DicomReadError,
     _native_pixels,
+    _Stats,
+    _to_uint8,
+    load_dicom_reduced,
     load_dicom_uint8,
     read_dicom_size,
+    reduce_factors,
 )
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -171,7 +178,22 @@ def test_no_pixel_data_raises(tmp_path):
         load_dicom_uint8(f)
 
 
-def test_truncated_pixel_data_raises(tmp_path):
+@pytest.fixture(params=["read", "mapped"])
+def reading(request, monkeypatch):
+    """How the fast path gets pixel bytes: ``read`` by dcmread (small elements), or ``mapped``
+    (dcmread defers every element longer than 64 bytes, the pixels are memory-mapped)."""
+    if request.param == "mapped":
+        monkeypatch.setattr(dicom_module, "_DEFER_BYTES", 64)
+    return request.param
+
+
+def _is_mapped(arr):
+    while isinstance(arr, np.ndarray):
+        arr = arr.base
+    return isinstance(getattr(arr, "obj", arr), mmap.mmap)  # frombuffer keeps a memoryview
+
+
+def test_truncated_pixel_data_raises(tmp_path, reading):
     f = write_dicom(tmp_path / "short.dcm", np.zeros((4, 4), dtype=np.uint16))
     ds = pydicom.dcmread(f)
     ds.Rows = 400
@@ -228,12 +250,20 @@ def _same_both_ways(path, windowing):
     return fast
 
 
+def _native(path, reading):
+    ds = dicom_module._open(path, True)
+    native = _native_pixels(ds, path)
+    if native is not None:
+        assert _is_mapped(native[0]) == (reading == "mapped")
+    return native
+
+
 @pytest.mark.parametrize("windowing", WINDOWINGS)
-def test_fast_path_equals_reference_on_synthetic_set(synth_vindr_root, windowing):
+def test_fast_path_equals_reference_on_synthetic_set(synth_vindr_root, windowing, reading):
     paths = sorted(synth_vindr_root.glob("*/*.dicom"))
     assert len(paths) == 40  # MONOCHROME1, 0 / 1 / 2 windows, rescale, 12 / 14 / 16 bits
     for path in paths:
-        assert _native_pixels(pydicom.dcmread(path)) is not None
+        assert _native(path, reading) is not None
         _same_both_ways(path, windowing)
 
 
@@ -256,7 +286,7 @@ EDGE_CASES = {
 
 @pytest.mark.parametrize("windowing", WINDOWINGS)
 @pytest.mark.parametrize("case", sorted(EDGE_CASES))
-def test_fast_path_equals_reference_edge_cases(tmp_path, case, windowing):
+def test_fast_path_equals_reference_edge_cases(tmp_path, case, windowing, reading):
     pixels, tags = EDGE_CASES[case]
     rows, cols = pixels.shape[-2:]
     # Frames are stacked in Pixel Data; Rows is one frame's height.
@@ -264,13 +294,124 @@ def test_fast_path_equals_reference_edge_cases(tmp_path, case, windowing):
     assert _same_both_ways(f, windowing).shape == (rows, cols)
 
 
-def test_fast_path_masks_bits_above_bits_stored(tmp_path):
-    """Values with bits set above Bits Stored are masked as pydicom does, not read raw."""
-    stored = np.array([[0, 74, 75, 100], [124, 125, 4095, 99]], dtype=np.uint16)
+@pytest.mark.parametrize("window", [True, False])
+def test_fast_path_masks_bits_above_bits_stored(tmp_path, reading, window):
+    """Values with bits set above Bits Stored are masked as pydicom does (inside the lookup
+    table; the statistics of a window-less image too), not read raw."""
+    stored = np.tile(STORED, (4, 8))  # 512 bytes: mapped when reading == "mapped"
     dirty = stored | np.uint16(0xF000)
-    f = write_dicom(tmp_path / "dirty.dcm", dirty, WindowCenter="100", WindowWidth="51")
-    assert _native_pixels(pydicom.dcmread(f)) is None
-    np.testing.assert_array_equal(_same_both_ways(f, "dicom"), EXPECTED)
-    _same_both_ways(f, "litegpt")
-    clean = write_dicom(tmp_path / "clean.dcm", stored, WindowCenter="100", WindowWidth="51")
-    assert _native_pixels(pydicom.dcmread(clean)) is not None
+    tags = {"WindowCenter": "100", "WindowWidth": "51"} if window else {}
+    f = write_dicom(tmp_path / "dirty.dcm", dirty, **tags)
+    arr, mask = _native(f, reading)
+    assert mask == 0x0FFF and arr.max() > mask  # the raw bytes, masked by the table
+    clean = write_dicom(tmp_path / "clean.dcm", stored, **tags)
+    for windowing in WINDOWINGS:
+        np.testing.assert_array_equal(_same_both_ways(f, windowing), load_dicom_uint8(clean, windowing))
+    if window:
+        np.testing.assert_array_equal(load_dicom_uint8(f), np.tile(EXPECTED, (4, 8)))
+
+
+def test_output_does_not_use_the_mapping(tmp_path, monkeypatch):
+    """The returned array owns its pixels: rewriting the mapped file in place (truncated, then
+    written) changes neither it nor the next read's correctness."""
+    monkeypatch.setattr(dicom_module, "_DEFER_BYTES", 64)
+    stored, expected = np.tile(STORED, (4, 8)), np.tile(EXPECTED, (4, 8))
+    f = write_dicom(tmp_path / "a.dcm", stored, WindowCenter="100", WindowWidth="51")
+    assert _native(f, "mapped") is not None
+    out = load_dicom_uint8(f)
+    assert not _is_mapped(out)
+    write_dicom(f, stored[::-1].copy(), WindowCenter="100", WindowWidth="51")
+    np.testing.assert_array_equal(load_dicom_uint8(f), expected[::-1])
+    np.testing.assert_array_equal(out, expected)
+
+
+# load_dicom_reduced: box means of the stored values, then the same windowing (not exact vs
+# windowing every pixel; exact vs windowing the box means).
+
+
+def test_reduce_factors():
+    assert reduce_factors(3000, 2500, 448) == (6, 5)
+    assert reduce_factors(895, 896, 448) == (1, 2)
+    assert reduce_factors(100, 40, 448) == (1, 1)
+
+
+def _box_means_reference(img, ky, kx):
+    """Plain float64 mean of every box (partial at the far edges), rounded half up."""
+    h, w = img.shape
+    out = np.empty((-(-h // ky), -(-w // kx)), dtype=np.int64)
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = np.floor(img[i * ky:(i + 1) * ky, j * kx:(j + 1) * kx].astype(np.float64).mean() + 0.5)
+    return out
+
+
+REDUCE_CASES = {  # stored values, tags; shapes leave partial boxes at the far edges
+    "12_bit_window": (RNG.integers(0, 4096, (47, 53)), {"WindowCenter": "2000", "WindowWidth": "1500"}),
+    "12_bit_no_window_mono1": (RNG.integers(0, 4096, (47, 53)), {"photometric": "MONOCHROME1"}),
+    "16_bit_rescale": (RNG.integers(0, 65536, (40, 61)),
+                       {"bits_stored": 16, "RescaleSlope": "2", "RescaleIntercept": "-1000",
+                        "WindowCenter": "60000", "WindowWidth": "90000"}),
+    "8_bit": (RNG.integers(0, 256, (33, 29)), {"bits_allocated": 8, "bits_stored": 8}),
+    "signed": (RNG.integers(-2048, 2048, (35, 41)), {"signed": True, "WindowCenter": "0", "WindowWidth": "3000"}),
+    "sigmoid": (RNG.integers(0, 4096, (47, 53)),
+                {"WindowCenter": "2000", "WindowWidth": "800", "VOILUTFunction": "SIGMOID"}),
+}
+
+
+@pytest.mark.parametrize("windowing", WINDOWINGS)
+@pytest.mark.parametrize("case", sorted(REDUCE_CASES))
+@pytest.mark.parametrize("size", [4, 7, 10, 15])  # sums in 16 / 32 bits, partial boxes
+def test_reduced_is_the_window_of_the_box_means(tmp_path, case, windowing, size, reading):
+    pixels, tags = REDUCE_CASES[case]
+    f = write_dicom(tmp_path / f"{case}.dcm", pixels, **tags)
+    out, width, height = load_dicom_reduced(f, size, windowing)
+    kx, ky = reduce_factors(width, height, size)
+    assert (width, height) == (pixels.shape[1], pixels.shape[0]) and max(kx, ky) > 1
+    ds = pydicom.dcmread(f)
+    full = ds.pixel_array
+    means = _box_means_reference(full, ky, kx).astype(full.dtype)
+    np.testing.assert_array_equal(out, _to_uint8(ds, means, windowing, _Stats(full)))
+
+
+def test_reduced_without_reduction_is_exact(tmp_path):
+    f = write_dicom(tmp_path / "a.dcm", NOISE, WindowCenter="1500", WindowWidth="900")
+    for windowing in WINDOWINGS:
+        out, width, height = load_dicom_reduced(f, 40, windowing)
+        assert (width, height) == (45, 31)
+        np.testing.assert_array_equal(out, load_dicom_uint8(f, windowing))
+
+
+def test_reduced_masks_before_averaging(tmp_path, reading):
+    clean = RNG.integers(0, 4096, (20, 30)).astype(np.uint16)
+    f = write_dicom(tmp_path / "dirty.dcm", clean | np.uint16(0x8000), WindowCenter="2000", WindowWidth="3000")
+    g = write_dicom(tmp_path / "clean.dcm", clean, WindowCenter="2000", WindowWidth="3000")
+    out, *_ = load_dicom_reduced(f, 5)
+    np.testing.assert_array_equal(out, load_dicom_reduced(g, 5)[0])
+
+
+def test_reduced_float_path_windows_first(tmp_path):
+    """A Modality LUT Sequence has no lookup table: every pixel is windowed, then averaged."""
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.ModalityLUTType = "US"
+    item.add_new(0x00283006, "US", [(i * i) >> 8 for i in range(4096)])  # LUT Data
+    f = write_dicom(tmp_path / "mlut.dcm", RNG.integers(0, 4096, (23, 19)), ModalityLUTSequence=[item])
+    full = load_dicom_uint8(f, fast=False)
+    assert full.std() > 0
+    out, width, height = load_dicom_reduced(f, 4)
+    kx, ky = reduce_factors(width, height, 4)
+    np.testing.assert_array_equal(out, _box_means_reference(full, ky, kx))
+
+
+def test_reduced_close_to_windowing_every_pixel(synth_vindr_root):
+    """On radiograph-like images, with 6 x 6 boxes (a 2,700-pixel film for a 448 cache), the box
+    means' window is within a grey level of the means of the windowed pixels on average; boxes
+    across an edge where the window clips differ by up to tens of levels."""
+    for path in sorted(synth_vindr_root.glob("train/*.dicom"))[:8]:
+        full = load_dicom_uint8(path)
+        size = min(full.shape) // 6
+        out, width, height = load_dicom_reduced(path, size)
+        kx, ky = reduce_factors(width, height, size)
+        assert min(kx, ky) == 6
+        diff = np.abs(out.astype(int) - _box_means_reference(full, ky, kx))
+        assert diff.mean() < 1.0 and np.median(diff) <= 1, path

@@ -20,10 +20,17 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from medgrounder.data.boxes import iou, to_grid
 from medgrounder.data.datamodule import VinDrDataModule
-from medgrounder.data.dicom import load_dicom_uint8
+from medgrounder.data.dicom import load_dicom_reduced, load_dicom_uint8
 from medgrounder.data.labels import KAGGLE_CLASSES, LOCAL_LABELS
 from medgrounder.data.vindr import load_vindr_kaggle, load_vindr_physionet
-from medgrounder.prepare import main, prepare_vindr, read_prepared, resize_square
+from medgrounder.prepare import (
+    load_cache_image,
+    main,
+    prepare_vindr,
+    read_prepared,
+    resize_reduced,
+    resize_square,
+)
 from medgrounder.synth import synth_vindr
 from medgrounder.utils.preflight import MissingInputError, check_inputs
 
@@ -96,6 +103,35 @@ def test_resize_square_is_close_to_the_full_bilinear_filter(raw):
     fast = resize_square(img, SIZE).astype(int)
     assert fast.shape == (SIZE, SIZE) and fast.dtype == int
     assert np.abs(fast - full).mean() < 1.0
+
+
+def test_reduce_first_option(raw, prepared, tmp_path):
+    """``--reduce-first``: recorded in the settings, images from the box means, near the default's."""
+    root, _ = raw
+    out = tmp_path / "reduced"
+    main(["vindr", "--root", str(root), "--out", str(out), "--size", str(SIZE), "--workers", "1", "--reduce-first"])
+    assert json.loads((out / "prepare.json").read_text())["reduce_first"] is True
+    assert json.loads((prepared[0] / "prepare.json").read_text())["reduce_first"] is False
+    diffs = []
+    for row in _annotations(out):
+        with Image.open(out / row["image"]) as im, Image.open(prepared[0] / row["image"]) as ref:
+            pixels, exact = np.asarray(im), np.asarray(ref)
+            assert im.text["original_width"] == str(row["width"])
+        dicom = root / row["dicom"]
+        img, width, height = load_dicom_reduced(dicom, SIZE)
+        np.testing.assert_array_equal(pixels, resize_reduced(img, width, height, SIZE))
+        assert load_cache_image(str(dicom), SIZE, reduce_first=True)[1:] == (row["width"], row["height"])
+        diffs.append(np.abs(pixels.astype(int) - exact))
+    # ~8x reduction of small synthetic films (sharper than real ones at this scale): 1.5 levels
+    # on average (the bench measures full-size films), most pixels within 1.
+    assert np.mean(diffs) < 2.0 and np.median(diffs) <= 1
+    with pytest.raises(ValueError, match=r"other settings.*reduce_first"):
+        prepare_vindr(root, out, size=SIZE)
+
+
+def test_resize_reduced_without_reduction_is_resize_square():
+    img = np.random.default_rng(0).integers(0, 256, (70, 90), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_reduced(img, 90, 70, 48), resize_square(img, 48))
 
 
 def _write_bad_files(root: Path, ids: list[str]) -> dict[str, str]:
