@@ -74,6 +74,10 @@ class VisionLanguageModel(L.LightningModule):
         self.optim = {"lr": 1e-4, "weight_decay": 0.05, "betas": (0.9, 0.999), "warmup_steps": 0,
                       "warmup_start_lr": 0.0, "min_lr": 0.0, **(optim or {})}
         self.max_new_tokens = max_new_tokens
+        # Resume checkpoints keep the trainable weights only (on_save_checkpoint); the frozen
+        # towers / 7B LLM are rebuilt from config, and on_load_checkpoint checks the keys itself.
+        self.strict_loading = False
+        self._fingerprint: str | None = None
         self.prefix_ids = [self.tokenizer.bos_token_id, *self.tokenizer.encode(PROMPT_PREFIX, add_special_tokens=False)]
 
     # ----------------------------------------------------------------- embeddings
@@ -164,6 +168,33 @@ class VisionLanguageModel(L.LightningModule):
                 t = tensor.double()
                 digest.update(f"{name}:{t.sum().item():.12e}:{t.abs().sum().item():.12e}".encode())
         return digest.hexdigest()
+
+    # ----------------------------------------------------------------- resume checkpoints
+    def on_fit_start(self) -> None:
+        self._fingerprint = None  # frozen weights are fixed for a fit: digest them once
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Lightning's resume checkpoint without the frozen weights (a 7B LLM stays out), with
+        the frozen weights' digest instead."""
+        names = self.trainable_names()
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in names}
+        if self._fingerprint is None:
+            self._fingerprint = self.frozen_fingerprint()
+        checkpoint["frozen_fingerprint"] = self._fingerprint
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict")
+        if state is None:  # strategies that restore weights themselves (DeepSpeed)
+            return
+        expected, saved = self.trainable_names(), set(state)
+        missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+        if missing or unexpected:
+            raise KeyError(f"resume checkpoint does not match the model's trainable weights: missing "
+                           f"{missing[:20]}, unexpected {unexpected[:20]}")
+        if checkpoint.get("frozen_fingerprint") not in (None, self.frozen_fingerprint()):
+            raise ValueError("resume checkpoint: the frozen weights of this model differ from those it was trained with")
 
     def configure_optimizers(self):
         o = self.optim

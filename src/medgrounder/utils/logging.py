@@ -38,17 +38,20 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
 
 def wandb_logger(project: str, save_dir: str, mode: str = "auto", entity: str | None = None,
                  group: str | None = None, tags: list[str] | None = None, name: str | None = None,
-                 job_type: str | None = None, run_config: dict | None = None):
-    """A Lightning ``WandbLogger``; in offline mode the run directory is logged for ``wandb sync``."""
+                 job_type: str | None = None, run_config: dict | None = None, id: str | None = None):
+    """A Lightning ``WandbLogger``; in offline mode the run directory is logged for ``wandb sync``.
+    ``id``: continue that W&B run (``resume="allow"``), as a resumed training stage does."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.loggers import WandbLogger
 
     mode = resolve_wandb_mode(mode)
     if mode == "disabled":
         return None
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    extra = {"id": id, "resume": "allow"} if id else {}
     logger = WandbLogger(project=project, entity=entity, group=group, tags=list(tags or []), name=name,
-                         job_type=job_type, save_dir=save_dir, mode=mode, config=run_config)
-    if mode == "offline":
+                         job_type=job_type, save_dir=save_dir, mode=mode, config=run_config, **extra)
+    if mode == "offline" and rank_zero_only.rank == 0:  # other ranks have no W&B run
         run_dir = logger.experiment.dir
         log.info("W&B is offline; sync later with: wandb sync %s", Path(run_dir).parent)
     return logger
