@@ -222,9 +222,14 @@ def build_loggers(cfg: DictConfig, stage: str, out_dir: Path | None = None) -> l
                 continue
             run_name = f"{cfg.run_name}[{job['job']}]" if job else cfg.run_name
             tags = list(dict.fromkeys([*(lcfg.get("tags") or []), cfg.task_name]))
-            logger = instantiate(lcfg, name=f"{run_name}-{stage}", job_type=lcfg.get("job_type") or stage, tags=tags,
-                                 run_config=OmegaConf.to_container(cfg, resolve=True),
-                                 id=wandb_id(out_dir, stage) if out_dir is not None else None)
+            # Called, not instantiated: instantiate would also instantiate every _target_ inside
+            # run_config (the whole model and trainer).
+            kwargs = OmegaConf.to_container(lcfg, resolve=True)
+            factory = hydra.utils.get_method(kwargs.pop("_target_"))
+            kwargs.update(name=f"{run_name}-{stage}", job_type=lcfg.get("job_type") or stage, tags=tags,
+                          run_config=OmegaConf.to_container(cfg, resolve=True),
+                          id=wandb_id(out_dir, stage) if out_dir is not None else None)
+            logger = factory(**kwargs)
         elif "CSVLogger" in lcfg.get("_target_", ""):
             logger = instantiate(lcfg, version=stage)
         else:

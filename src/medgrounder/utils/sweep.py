@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import os
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def collect(sweep_dir: str | Path) -> list[dict]:
         metrics = {}
         if (job / "metrics.json").is_file() and state == "done":
             metrics = flatten_metrics(json.loads((job / "metrics.json").read_text()))
-        rows.append({"job": job.name, "dir": str(job), "overrides": " ".join(map(str, overrides)), "status": state,
+        rows.append({"job": job.name, "dir": str(job), "overrides": [str(o) for o in overrides], "status": state,
                      "error": status.get("error", ""), "metrics": metrics})
     return rows
 
@@ -81,14 +82,21 @@ def write_summary(sweep_dir: str | Path, metrics: tuple[str, ...] | list[str] = 
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
     shown = [m for m in metrics if any(m in r["metrics"] for r in rows)]
+    # The table shows what varies between jobs; what they share is said once above it.
+    common = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
     header = ["job", "overrides", "status", *shown]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["job"], f"`{r['overrides']}`" if r["overrides"] else "", r["status"],
+        varying = " ".join(o for o in r["overrides"] if o not in common)
+        cells = [r["job"], f"`{varying}`" if varying else "", r["status"],
                  *(_fmt(r["metrics"].get(m)) for m in shown)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     failed = [r for r in rows if r["status"] != "done"]
-    text = [f"# Sweep {sweep_dir.name}", "", f"{len(rows) - len(failed)} of {len(rows)} jobs done.", "", *lines, ""]
+    shared = [o for o in (rows[0]["overrides"] if rows else []) if o in common]
+    text = [f"# Sweep {sweep_dir.name}", "", f"{len(rows) - len(failed)} of {len(rows)} jobs done.", ""]
+    if shared:
+        text += ["Every job: `" + " ".join(shared) + "`", ""]
+    text += [*lines, ""]
     for r in failed:
         text.append(f"- job {r['job']} {r['status']}: {r['error'] or 'no status (killed?)'} ({r['dir']})")
     (sweep_dir / "summary.md").write_text("\n".join(text) + "\n")
@@ -97,13 +105,10 @@ def write_summary(sweep_dir: str | Path, metrics: tuple[str, ...] | list[str] = 
         w = csv.writer(f)
         w.writerow(["job", "overrides", "status", "error", *all_metrics])
         for r in rows:
-            w.writerow([r["job"], r["overrides"], r["status"], r["error"], *(r["metrics"].get(m, "") for m in all_metrics)])
+            w.writerow([r["job"], " ".join(r["overrides"]), r["status"], r["error"],
+                        *(r["metrics"].get(m, "") for m in all_metrics)])
     (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
     return rows
-
-
-class SweepFailed(RuntimeError):
-    """Some jobs of a sweep did not finish (the others did; see the summary)."""
 
 
 class SweepCallback(Callback):
@@ -112,13 +117,21 @@ class SweepCallback(Callback):
     ``on_multirun_start`` pins the sweep directory: it is named after the sweep's overrides
     (``${mg.slug:${hydra.overrides.task}}``), but Hydra recomposes each job's config from that
     job's own overrides, which would name another directory; the resolved name is added to the
-    hydra overrides the jobs are composed with. ``on_multirun_end`` writes the summary."""
+    hydra overrides the jobs are composed with. ``on_multirun_end`` writes the summary.
+
+    Hydra turns a callback's exceptions into warnings, so the checks here end the command with
+    ``SystemExit`` instead."""
 
     def __init__(self, metrics: list[str] | None = None, fail_on_error: bool = True):
         self.metrics = tuple(metrics) if metrics else DEFAULT_METRICS
         self.fail_on_error = fail_on_error
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        devices = OmegaConf.select(config, "trainer.devices")
+        if launcher.endswith("SlurmLauncher") and not isinstance(devices, int):
+            sys.exit(f"hydra/launcher=submitit_slurm starts one task per GPU: trainer.devices must be the number "
+                     f"of GPUs per node (an integer), got {devices!r}")
         hydra_overrides = list(config.hydra.overrides.hydra)
         if any(str(o).startswith("hydra.sweep.dir=") for o in hydra_overrides):
             return
@@ -140,5 +153,5 @@ class SweepCallback(Callback):
         log.info("sweep summary: %s", sweep_dir / "summary.md")
         failed = [r["job"] for r in rows if r["status"] != "done"]
         if failed and self.fail_on_error:
-            raise SweepFailed(f"{len(failed)} of {len(rows)} jobs did not finish (jobs {', '.join(failed)}); "
-                              f"the others did. See {sweep_dir / 'summary.md'}")
+            sys.exit(f"{len(failed)} of {len(rows)} jobs did not finish (jobs {', '.join(failed)}); the others did. "
+                     f"See {sweep_dir / 'summary.md'}")
