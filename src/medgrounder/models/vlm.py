@@ -36,8 +36,9 @@ class VisionLanguageModel(L.LightningModule):
         projector: dict | None = None,
         lora: dict | None = None,
         image_size: int = 224,
-        merge: int = 5,
+        merge: int | str = 5,
         merge_mode: str = "flat",
+        visual_tokens: int | None = None,
         encoder_train_mode: str = "frozen",
         optim: dict | None = None,
         max_new_tokens: int = 160,
@@ -46,6 +47,8 @@ class VisionLanguageModel(L.LightningModule):
         """``encoder``: a tower or :class:`FusedTowers`; ``llm``: :func:`build_llm` arguments plus
         ``tokenizer`` (:func:`load_tokenizer` arguments); ``projector``: ``{hidden: int | None}``;
         ``lora``: :class:`LoraSettings` fields; ``optim``: AdamW and schedule settings;
+        ``merge``: tokens merged into one, or ``auto``: as many as make ``visual_tokens`` (so a sweep
+        over towers keeps LiteGPT's 49: fused 245 / 5, BiomedCLIP 196 / 4, PubMedCLIP 49 / 1);
         ``init_from``: ``{minigptv2: PATH, parts: [projector, lora]}`` starts the projector's last
         layer and the LoRA adapters from MiniGPT-v2 (:func:`load_minigptv2`, strict)."""
         super().__init__()
@@ -59,10 +62,16 @@ class VisionLanguageModel(L.LightningModule):
         self.encoder = encoder
         self.encoder_train_mode = encoder_train_mode
         self.encoder.requires_grad_(encoder_train_mode == "full")
-        self.merge = merge
-        self.merge_mode = merge_mode
         tokens_per_tower = getattr(encoder, "tokens_per_tower", [encoder.num_tokens])
         self.tokens_per_tower = list(tokens_per_tower)
+        if merge == "auto":
+            total = sum(self.tokens_per_tower)
+            if not visual_tokens or total % visual_tokens:
+                raise ValueError(f"model.merge=auto: the towers' {total} tokens {self.tokens_per_tower} do not merge "
+                                 f"into model.visual_tokens={visual_tokens}; set model.merge to an integer")
+            merge = total // visual_tokens
+        self.merge = int(merge)
+        self.merge_mode = merge_mode
         self.num_visual_tokens = merged_token_count(self.tokens_per_tower, merge, merge_mode)
         if not llm_kwargs.get("pretrained"):
             llm_kwargs["vocab_size"] = len(self.tokenizer)
@@ -197,8 +206,13 @@ class VisionLanguageModel(L.LightningModule):
             raise ValueError("resume checkpoint: the frozen weights of this model differ from those it was trained with")
 
     def configure_optimizers(self):
+        opt, sched = self.build_optimizer(max(1, int(self.trainer.estimated_stepping_batches)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def build_optimizer(self, total_steps: int):
+        """AdamW (no weight decay on biases and norms; trainable towers may take their own lr)
+        and its per-step schedule: linear warm-up, then cosine to ``min_lr`` at ``total_steps``."""
         o = self.optim
-        # Biases and norms without weight decay; trainable towers may take their own lr.
         groups: dict[tuple[bool, bool], list] = {}
         for name, p in self.named_parameters():
             if p.requires_grad:
@@ -210,11 +224,10 @@ class VisionLanguageModel(L.LightningModule):
              for (enc, no_wd), ps in sorted(groups.items())],
             lr=o["lr"], betas=tuple(o["betas"]),
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
         # One multiplier for every group: each follows the schedule relative to its own base lr.
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o["lr"], total, o["warmup_steps"],
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o["lr"], total_steps, o["warmup_steps"],
                                                                      o["warmup_start_lr"], o["min_lr"]))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt, sched
 
 
 def warmup_cosine(lr: float, total_steps: int, warmup_steps: int, warmup_start_lr: float, min_lr: float):
