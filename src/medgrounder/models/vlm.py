@@ -20,7 +20,7 @@ from torch import nn
 from medgrounder.data.collate import IGNORE_INDEX
 from medgrounder.data.prompts import PROMPT_PREFIX
 from medgrounder.models.checkpoints import PARTS, load_minigptv2
-from medgrounder.models.fusion import merge_tokens, merged_token_count
+from medgrounder.models.fusion import merge_tokens, merged_token_count, resolve_merge
 from medgrounder.models.llm import build_llm
 from medgrounder.models.projector import build_projector
 from medgrounder.models.tokenizer import load_tokenizer
@@ -47,8 +47,7 @@ class VisionLanguageModel(L.LightningModule):
         """``encoder``: a tower or :class:`FusedTowers`; ``llm``: :func:`build_llm` arguments plus
         ``tokenizer`` (:func:`load_tokenizer` arguments); ``projector``: ``{hidden: int | None}``;
         ``lora``: :class:`LoraSettings` fields; ``optim``: AdamW and schedule settings;
-        ``merge``: tokens merged into one, or ``auto``: as many as make ``visual_tokens`` (so a sweep
-        over towers keeps LiteGPT's 49: fused 245 / 5, BiomedCLIP 196 / 4, PubMedCLIP 49 / 1);
+        ``merge``: tokens merged into one, or ``auto`` (:func:`resolve_merge`, with ``visual_tokens``);
         ``init_from``: ``{minigptv2: PATH, parts: [projector, lora]}`` starts the projector's last
         layer and the LoRA adapters from MiniGPT-v2 (:func:`load_minigptv2`, strict)."""
         super().__init__()
@@ -64,19 +63,13 @@ class VisionLanguageModel(L.LightningModule):
         self.encoder.requires_grad_(encoder_train_mode == "full")
         tokens_per_tower = getattr(encoder, "tokens_per_tower", [encoder.num_tokens])
         self.tokens_per_tower = list(tokens_per_tower)
-        if merge == "auto":
-            total = sum(self.tokens_per_tower)
-            if not visual_tokens or total % visual_tokens:
-                raise ValueError(f"model.merge=auto: the towers' {total} tokens {self.tokens_per_tower} do not merge "
-                                 f"into model.visual_tokens={visual_tokens}; set model.merge to an integer")
-            merge = total // visual_tokens
-        self.merge = int(merge)
+        self.merge = resolve_merge(merge, self.tokens_per_tower, visual_tokens)
         self.merge_mode = merge_mode
-        self.num_visual_tokens = merged_token_count(self.tokens_per_tower, merge, merge_mode)
+        self.num_visual_tokens = merged_token_count(self.tokens_per_tower, self.merge, merge_mode)
         if not llm_kwargs.get("pretrained"):
             llm_kwargs["vocab_size"] = len(self.tokenizer)
         self.llm = build_llm(**llm_kwargs, lora=lora)
-        self.projector = build_projector(encoder.width * merge, self.llm.config.hidden_size,
+        self.projector = build_projector(encoder.width * self.merge, self.llm.config.hidden_size,
                                          (projector or {}).get("hidden"))
         if init_from and init_from.get("minigptv2"):
             load_minigptv2(self, init_from["minigptv2"], tuple(init_from.get("parts") or PARTS))
