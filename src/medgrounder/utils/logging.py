@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,27 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", entity: str | 
     if mode == "disabled":
         return None
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    extra = {"id": id, "resume": "allow"} if id else {}
-    logger = WandbLogger(project=project, entity=entity, group=group, tags=list(tags or []), name=name,
-                         job_type=job_type, save_dir=save_dir, mode=mode, config=run_config, **extra)
-    if mode == "offline" and rank_zero_only.rank == 0:  # other ranks have no W&B run
-        run_dir = logger.experiment.dir
-        log.info("W&B is offline; sync later with: wandb sync %s", Path(run_dir).parent)
+    kwargs = dict(project=project, entity=entity, group=group, tags=list(tags or []), name=name,
+                  job_type=job_type, save_dir=save_dir, mode=mode, config=run_config)
+    logger = WandbLogger(**kwargs, **({"id": id, "resume": "allow"} if id else {}))
+    if rank_zero_only.rank != 0:  # other ranks have no W&B run
+        return logger
+    if id:
+        # The W&B service of a killed process can hold its run for a few seconds ("run ID ... is
+        # in use"): wait a little, then log to a new run rather than fail the training.
+        for wait in (2, 4, None):
+            try:
+                logger.experiment  # noqa: B018 - starts the run now
+                break
+            except Exception as err:
+                if wait is None:
+                    log.warning("W&B run %s cannot be continued (%s); logging to a new run", id, err)
+                    logger = WandbLogger(**kwargs)
+                else:
+                    time.sleep(wait)
+                    logger = WandbLogger(**kwargs, id=id, resume="allow")
+    if mode == "offline":
+        log.info("W&B is offline; sync later with: wandb sync %s", Path(logger.experiment.dir).parent)
     return logger
 
 
