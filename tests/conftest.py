@@ -4,6 +4,9 @@ configs of the real entry point."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -46,3 +49,16 @@ def tiny_run_overrides(root, out_dir) -> list[str]:
         "trainer.enable_progress_bar=false",
         "num_figure_images=2",
     ]
+
+
+def train_cli(args: list[str], cwd=None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``python -m medgrounder.train ARGS`` in a fresh process (the package this test session
+    imports, plus tests/ for the probe callbacks), one intra-op thread so runs compare exactly."""
+    import medgrounder
+
+    src = str(Path(medgrounder.__file__).parents[1])
+    path = [src, str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "medgrounder.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -62,7 +62,7 @@ def test_both_stages_fast_dev_run(synth_vindr_root, tmp_path):
         [r for r in rows if r["task"] == "identify"])
 
 
-def _short_run(root, out, steps=150):
+def _short_run(root, out, steps=200):
     cfg = compose_train([*tiny_run_overrides(root, out), f"stages.identify.max_steps={steps}", "data.batch_size=8",
                          "stages.vqa.max_steps=2", "model.optim.lr=3e-3", "model.optim.warmup_steps=10",
                          "model.max_new_tokens=100"])
@@ -73,7 +73,8 @@ def test_short_run_learns_and_is_deterministic(synth_vindr_root, tmp_path):
     first = _short_run(synth_vindr_root, tmp_path / "a")
     losses = _losses(tmp_path / "a" / "csv" / "identify" / "metrics.csv")
     assert losses[-1] < 0.25 * losses[0], losses
-    # After 150 steps the answers follow the template: they parse.
+    # After 200 steps the answers follow the template: they parse (150 was on the edge: 0.0 or 1.0
+    # depending on the data order).
     assert first["vindr_identify"]["valid_rate"] >= 0.75
     second = _short_run(synth_vindr_root, tmp_path / "b")
     assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()

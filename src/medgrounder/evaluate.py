@@ -247,7 +247,9 @@ def main(cfg: DictConfig) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            from medgrounder.models.llm import local_rank
+
+            torch.cuda.set_device(local_rank())
     evaluate_checkpoint(cfg.ckpt_path, cfg.paths.output_dir, cfg.num_figure_images)
     if _rank_world()[0] == 0:
         print((Path(cfg.paths.output_dir) / "tables.md").read_text())

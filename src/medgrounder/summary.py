@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from medgrounder.models.fusion import merged_token_count
+from medgrounder.models.fusion import merged_token_count, resolve_merge
 from medgrounder.models.llm import LoraSettings, apply_train_mode, llm_config
 from medgrounder.models.projector import build_projector
 
@@ -70,8 +70,9 @@ def summarize(cfg: DictConfig) -> dict:
         towers.append({"name": name, "class": type(tower).__name__, "image_size": tower.image_size,
                        "tokens": tower.num_tokens, "width": tower.width, "blocks": _blocks(tower),
                        "total_params": total, "trainable_params": trainable})
-    k, mode = model_cfg["merge"], model_cfg.get("merge_mode", "flat")
+    mode = model_cfg.get("merge_mode", "flat")
     tokens_per_tower = [t.num_tokens for t in tower_modules]
+    k = resolve_merge(model_cfg["merge"], tokens_per_tower, model_cfg.get("visual_tokens"))
     visual_tokens = merged_token_count(tokens_per_tower, k, mode)
 
     llm_cfg = dict(model_cfg["llm"])

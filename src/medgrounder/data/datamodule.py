@@ -17,6 +17,12 @@ resize).
 
 The task (``identify`` or ``vqa``) is switched between stages with :meth:`set_task`; the
 validation split is a seeded fraction of the training images.
+
+Training batches come from a :class:`~medgrounder.data.sampler.StreamSampler` (one seeded stream,
+epochs of ``iters_per_epoch`` batches, sharded over ranks by this module, so the trainer runs with
+``use_distributed_sampler=False``); the stream position goes into Lightning checkpoints through
+:meth:`VinDrDataModule.state_dict`, which makes a resumed run see exactly the batches an
+uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from medgrounder.data.boxes import to_grid
@@ -39,6 +45,7 @@ from medgrounder.data.collate import PromptCollator
 from medgrounder.data.dicom import load_dicom_uint8
 from medgrounder.data.labels import NO_FINDING
 from medgrounder.data.prompts import identify_answer, vqa_answer
+from medgrounder.data.sampler import StreamSampler
 from medgrounder.data.vindr import VinDrRecord, load_vindr_physionet
 from medgrounder.prepare import is_prepared, read_prepared, resize_square
 
@@ -131,15 +138,24 @@ class VinDrDataModule(L.LightningDataModule):
         self.identify_abnormal_only = identify_abnormal_only
         self.decode_workers = decode_workers
         self.limit_train_images = limit_train_images
+        self.iters_per_epoch: int | None = None
+        self._train_sampler: StreamSampler | None = None
+        self._resume: dict | None = None
         self.set_task(task)
         self.records: dict[str, list[VinDrRecord]] = {}
         self.images: dict[str, torch.Tensor] = {}
         self.reports: dict[str, dict] = {}
 
-    def set_task(self, task: str) -> None:
+    def set_task(self, task: str, iters_per_epoch: int | None = None) -> None:
+        """Switch to a stage's task; its training stream starts at the beginning (a resumed
+        stage's position comes back through :meth:`load_state_dict`). ``iters_per_epoch``:
+        batches per epoch (None: one pass)."""
         if task not in TASKS:
             raise ValueError(f"VinDr task must be one of {TASKS}, got {task!r}")
         self.task = task
+        self.iters_per_epoch = iters_per_epoch
+        self._train_sampler = None
+        self._resume = None
 
     # ------------------------------------------------------------------ loading
     def prepare_data(self) -> None:
@@ -237,26 +253,62 @@ class VinDrDataModule(L.LightningDataModule):
         return SampleDataset(self.samples(split, task), self.images["test" if split == "test" else "train"])
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, split: str, shuffle: bool, batch_size: int, task: str | None = None) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.dataset(split, task),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=PromptCollator(self.tokenizer),
-            generator=generator if shuffle else None,
-            drop_last=shuffle,
-        )
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
+        # The loader's own generator draws the worker base seed, so iterating it never consumes
+        # the global RNG (a resumed run's RNG stream then matches an uninterrupted one's).
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                          num_workers=self.num_workers, collate_fn=PromptCollator(self.tokenizer),
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
+        rank, world = self._rank_world()
+        dataset = self.dataset("train")
+        start = 0
+        if self._resume:  # restored from a checkpoint before Lightning asks for the loader
+            start, self._resume = self._resume_start(world), None
+        self._train_sampler = StreamSampler(len(dataset), self.batch_size, self.seed, self.iters_per_epoch,
+                                            rank, world, start)
+        return self._loader(dataset, self.batch_size, self._train_sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.eval_batch_size)
+        rank, world = self._rank_world()
+        dataset = self.dataset("val")
+        sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
+        return self._loader(dataset, self.eval_batch_size, sampler)
 
     def test_dataloader(self, task: str | None = None) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size, task)
+        # Evaluation shards the test set itself (medgrounder.evaluate.generate_rows).
+        return self._loader(self.dataset("test", task), self.eval_batch_size)
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        """The training stream's position, in samples: the batches training has taken (Lightning's
+        progress counter, not the sampler, which the loader runs ahead of) since the start of
+        the epoch being iterated."""
+        sampler, trainer = self._train_sampler, getattr(self, "trainer", None)
+        if sampler is None or trainer is None:
+            return {}
+        taken = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return {"task": self.task, "samples": (sampler.epoch_begin + taken) * sampler.global_batch,
+                "global_batch": sampler.global_batch, "epoch_batches": sampler.epoch_batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and state.get("task") != self.task:
+            raise ValueError(f"the checkpoint's data position is for task {state.get('task')!r}, "
+                             f"this stage trains {self.task!r}")
+        self._resume = dict(state) if state else None
+
+    def _resume_start(self, world: int) -> int:
+        state = self._resume
+        global_batch = self.batch_size * world
+        if state["global_batch"] != global_batch:
+            log.warning("resuming with a global batch of %d instead of %d (data.batch_size x processes): "
+                        "the data position is approximate", global_batch, state["global_batch"])
+        return state["samples"] // global_batch
 
     def train_findings(self) -> list[tuple[str, tuple[int, int, int, int]]]:
         """All training findings on the 0-100 grid (for the mean-box baseline)."""

@@ -114,10 +114,17 @@ def apply_train_mode(model: nn.Module, train_mode: str, lora: LoraSettings) -> n
     return get_peft_model(model, peft_cfg)
 
 
+def local_rank() -> int:
+    """This process's GPU index on its node: ``LOCAL_RANK`` (Lightning's launcher, torchrun), else
+    ``SLURM_LOCALID`` (srun, hydra/launcher=submitit_slurm), else 0."""
+    import os
+
+    for key in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
 def _local_device() -> str | int:
     """Each DDP rank keeps its quantized copy on its own GPU (the references put all on GPU 0)."""
-    if torch.cuda.is_available():
-        import os
-
-        return int(os.environ.get("LOCAL_RANK", 0))
-    return "cpu"
+    return local_rank() if torch.cuda.is_available() else "cpu"

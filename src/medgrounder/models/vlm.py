@@ -20,7 +20,7 @@ from torch import nn
 from medgrounder.data.collate import IGNORE_INDEX
 from medgrounder.data.prompts import PROMPT_PREFIX
 from medgrounder.models.checkpoints import PARTS, load_minigptv2
-from medgrounder.models.fusion import merge_tokens, merged_token_count
+from medgrounder.models.fusion import merge_tokens, merged_token_count, resolve_merge
 from medgrounder.models.llm import build_llm
 from medgrounder.models.projector import build_projector
 from medgrounder.models.tokenizer import load_tokenizer
@@ -36,8 +36,9 @@ class VisionLanguageModel(L.LightningModule):
         projector: dict | None = None,
         lora: dict | None = None,
         image_size: int = 224,
-        merge: int = 5,
+        merge: int | str = 5,
         merge_mode: str = "flat",
+        visual_tokens: int | None = None,
         encoder_train_mode: str = "frozen",
         optim: dict | None = None,
         max_new_tokens: int = 160,
@@ -46,6 +47,7 @@ class VisionLanguageModel(L.LightningModule):
         """``encoder``: a tower or :class:`FusedTowers`; ``llm``: :func:`build_llm` arguments plus
         ``tokenizer`` (:func:`load_tokenizer` arguments); ``projector``: ``{hidden: int | None}``;
         ``lora``: :class:`LoraSettings` fields; ``optim``: AdamW and schedule settings;
+        ``merge``: tokens merged into one, or ``auto`` (:func:`resolve_merge`, with ``visual_tokens``);
         ``init_from``: ``{minigptv2: PATH, parts: [projector, lora]}`` starts the projector's last
         layer and the LoRA adapters from MiniGPT-v2 (:func:`load_minigptv2`, strict)."""
         super().__init__()
@@ -59,21 +61,25 @@ class VisionLanguageModel(L.LightningModule):
         self.encoder = encoder
         self.encoder_train_mode = encoder_train_mode
         self.encoder.requires_grad_(encoder_train_mode == "full")
-        self.merge = merge
-        self.merge_mode = merge_mode
         tokens_per_tower = getattr(encoder, "tokens_per_tower", [encoder.num_tokens])
         self.tokens_per_tower = list(tokens_per_tower)
-        self.num_visual_tokens = merged_token_count(self.tokens_per_tower, merge, merge_mode)
+        self.merge = resolve_merge(merge, self.tokens_per_tower, visual_tokens)
+        self.merge_mode = merge_mode
+        self.num_visual_tokens = merged_token_count(self.tokens_per_tower, self.merge, merge_mode)
         if not llm_kwargs.get("pretrained"):
             llm_kwargs["vocab_size"] = len(self.tokenizer)
         self.llm = build_llm(**llm_kwargs, lora=lora)
-        self.projector = build_projector(encoder.width * merge, self.llm.config.hidden_size,
+        self.projector = build_projector(encoder.width * self.merge, self.llm.config.hidden_size,
                                          (projector or {}).get("hidden"))
         if init_from and init_from.get("minigptv2"):
             load_minigptv2(self, init_from["minigptv2"], tuple(init_from.get("parts") or PARTS))
         self.optim = {"lr": 1e-4, "weight_decay": 0.05, "betas": (0.9, 0.999), "warmup_steps": 0,
                       "warmup_start_lr": 0.0, "min_lr": 0.0, **(optim or {})}
         self.max_new_tokens = max_new_tokens
+        # Resume checkpoints keep the trainable weights only (on_save_checkpoint); the frozen
+        # towers / 7B LLM are rebuilt from config, and on_load_checkpoint checks the keys itself.
+        self.strict_loading = False
+        self._fingerprint: str | None = None
         self.prefix_ids = [self.tokenizer.bos_token_id, *self.tokenizer.encode(PROMPT_PREFIX, add_special_tokens=False)]
 
     # ----------------------------------------------------------------- embeddings
@@ -165,9 +171,41 @@ class VisionLanguageModel(L.LightningModule):
                 digest.update(f"{name}:{t.sum().item():.12e}:{t.abs().sum().item():.12e}".encode())
         return digest.hexdigest()
 
+    # ----------------------------------------------------------------- resume checkpoints
+    def on_fit_start(self) -> None:
+        self._fingerprint = None  # frozen weights are fixed for a fit: digest them once
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Lightning's resume checkpoint without the frozen weights (a 7B LLM stays out), with
+        the frozen weights' digest instead."""
+        names = self.trainable_names()
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in names}
+        if self._fingerprint is None:
+            self._fingerprint = self.frozen_fingerprint()
+        checkpoint["frozen_fingerprint"] = self._fingerprint
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict")
+        if state is None:  # strategies that restore weights themselves (DeepSpeed)
+            return
+        expected, saved = self.trainable_names(), set(state)
+        missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+        if missing or unexpected:
+            raise KeyError(f"resume checkpoint does not match the model's trainable weights: missing "
+                           f"{missing[:20]}, unexpected {unexpected[:20]}")
+        if checkpoint.get("frozen_fingerprint") not in (None, self.frozen_fingerprint()):
+            raise ValueError("resume checkpoint: the frozen weights of this model differ from those it was trained with")
+
     def configure_optimizers(self):
+        opt, sched = self.build_optimizer(max(1, int(self.trainer.estimated_stepping_batches)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def build_optimizer(self, total_steps: int):
+        """AdamW (no weight decay on biases and norms; trainable towers may take their own lr)
+        and its per-step schedule: linear warm-up, then cosine to ``min_lr`` at ``total_steps``."""
         o = self.optim
-        # Biases and norms without weight decay; trainable towers may take their own lr.
         groups: dict[tuple[bool, bool], list] = {}
         for name, p in self.named_parameters():
             if p.requires_grad:
@@ -179,11 +217,10 @@ class VisionLanguageModel(L.LightningModule):
              for (enc, no_wd), ps in sorted(groups.items())],
             lr=o["lr"], betas=tuple(o["betas"]),
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
         # One multiplier for every group: each follows the schedule relative to its own base lr.
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o["lr"], total, o["warmup_steps"],
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o["lr"], total_steps, o["warmup_steps"],
                                                                      o["warmup_start_lr"], o["min_lr"]))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt, sched
 
 
 def warmup_cosine(lr: float, total_steps: int, warmup_steps: int, warmup_start_lr: float, min_lr: float):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -38,19 +39,37 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
 
 def wandb_logger(project: str, save_dir: str, mode: str = "auto", entity: str | None = None,
                  group: str | None = None, tags: list[str] | None = None, name: str | None = None,
-                 job_type: str | None = None, run_config: dict | None = None):
-    """A Lightning ``WandbLogger``; in offline mode the run directory is logged for ``wandb sync``."""
+                 job_type: str | None = None, run_config: dict | None = None, id: str | None = None):
+    """A Lightning ``WandbLogger``; in offline mode the run directory is logged for ``wandb sync``.
+    ``id``: continue that W&B run (``resume="allow"``), as a resumed training stage does."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.loggers import WandbLogger
 
     mode = resolve_wandb_mode(mode)
     if mode == "disabled":
         return None
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    logger = WandbLogger(project=project, entity=entity, group=group, tags=list(tags or []), name=name,
-                         job_type=job_type, save_dir=save_dir, mode=mode, config=run_config)
+    kwargs = dict(project=project, entity=entity, group=group, tags=list(tags or []), name=name,
+                  job_type=job_type, save_dir=save_dir, mode=mode, config=run_config)
+    logger = WandbLogger(**kwargs, **({"id": id, "resume": "allow"} if id else {}))
+    if rank_zero_only.rank != 0:  # other ranks have no W&B run
+        return logger
+    if id:
+        # The W&B service of a killed process can hold its run for a few seconds ("run ID ... is
+        # in use"): wait a little, then log to a new run rather than fail the training.
+        for wait in (2, 4, None):
+            try:
+                logger.experiment  # noqa: B018 - starts the run now
+                break
+            except Exception as err:
+                if wait is None:
+                    log.warning("W&B run %s cannot be continued (%s); logging to a new run", id, err)
+                    logger = WandbLogger(**kwargs)
+                else:
+                    time.sleep(wait)
+                    logger = WandbLogger(**kwargs, id=id, resume="allow")
     if mode == "offline":
-        run_dir = logger.experiment.dir
-        log.info("W&B is offline; sync later with: wandb sync %s", Path(run_dir).parent)
+        log.info("W&B is offline; sync later with: wandb sync %s", Path(logger.experiment.dir).parent)
     return logger
 
 

@@ -1,0 +1,126 @@
+"""A Lightning training step against a bare PyTorch loop, same tiny model, same batch, same
+optimizer, schedule and gradient clipping, measured in this process.
+
+    python bench/bench_train_step.py [--batch 8] [--steps 30] [--rounds 3] [--threads N]
+
+Three loops, interleaved round by round so machine load hits all of them alike:
+  bare       forward, backward, clip, AdamW step, schedule step, zero_grad
+  lightning  Trainer.fit, no logger or callbacks
+  configured Trainer.fit as `medgrounder.train` runs a stage: the configured callbacks (lr monitor,
+             throughput), RNG state, resume checkpoints (every_n_train_steps as configured), CSV logger
+
+Prints the median step time of each (the first steps of every fit are warm-up and dropped) and
+the overhead of the Lightning ones over the bare loop (goal: at most 10 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+
+from medgrounder.data.collate import PromptCollator
+from medgrounder.data.prompts import identify_answer
+from medgrounder.utils.callbacks import AtomicCheckpointIO, RngState
+
+WARMUP = 3
+
+
+class StepTimer(L.Callback):
+    def __init__(self):
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.starts.append(time.perf_counter())
+
+    def on_train_end(self, trainer, pl_module):
+        self.starts.append(time.perf_counter())
+
+    def step_times(self) -> list[float]:
+        return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)][WARMUP:]
+
+
+def make_batch(model, n: int) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(n):
+        box = (10 + i % 7, 20, 60 + i % 11, 70)
+        items.append({"image": torch.randint(0, 256, (224, 224), generator=gen, dtype=torch.uint8), "task": "identify",
+                      "answer": identify_answer([("Cardiomegaly", box), ("Aortic enlargement", (40, 10, 55, 30))]),
+                      "meta": {}})
+    return PromptCollator(model.tokenizer)(items)
+
+
+def bare(model, batch, steps: int) -> list[float]:
+    model.train()
+    opt, sched = model.build_optimizer(steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        loss = model(batch["images"], batch["text_ids"], batch["text_mask"], batch["text_labels"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    return times[WARMUP:]
+
+
+def lightning(model, batch, steps: int, cfg, configured: bool) -> list[float]:
+    timer = StepTimer()
+    loader = torch.utils.data.DataLoader([batch] * steps, batch_size=None, collate_fn=lambda b: b)
+    kwargs = {"logger": False, "callbacks": [timer]}
+    with tempfile.TemporaryDirectory() as tmp:
+        if configured:
+            from lightning.pytorch.callbacks import ModelCheckpoint
+            from lightning.pytorch.loggers import CSVLogger
+
+            kwargs = {"logger": CSVLogger(tmp), "plugins": [AtomicCheckpointIO()], "callbacks": [
+                timer, *(instantiate(c) for c in cfg.callbacks.values()), RngState(),
+                ModelCheckpoint(dirpath=tmp, save_top_k=0, save_last=True,
+                                every_n_train_steps=cfg.checkpointing.every_n_train_steps)]}
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, gradient_clip_val=1.0, precision="32-true",
+                            limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=configured,
+                            log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=tmp, **kwargs)
+        trainer.fit(model, train_dataloaders=loader)
+    return timer.step_times()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with initialize_config_module("medgrounder.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=."])
+    torch.manual_seed(0)
+    base = instantiate(cfg.model)
+    batch = make_batch(base, args.batch)
+    times: dict[str, list[float]] = {"bare": [], "lightning": [], "configured": []}
+    for _ in range(args.rounds):
+        times["bare"] += bare(copy.deepcopy(base), batch, args.steps)
+        times["lightning"] += lightning(copy.deepcopy(base), batch, args.steps, cfg, configured=False)
+        times["configured"] += lightning(copy.deepcopy(base), batch, args.steps, cfg, configured=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"tiny demo model, batch {args.batch}, {args.rounds} x {args.steps} steps, {torch.get_num_threads()} threads")
+    for name, t in med.items():
+        over = "" if name == "bare" else f"   overhead {100 * (t / med['bare'] - 1):+6.1f} %"
+        print(f"{name:<11}: {1000 * t:8.1f} ms/step (median){over}")
+
+
+if __name__ == "__main__":
+    main()
