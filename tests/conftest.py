@@ -60,5 +60,8 @@ def train_cli(args: list[str], cwd=None, timeout: int = 900) -> subprocess.Compl
     path = [src, str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1",
            "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
+    # Not this test process's W&B service (wandb exports its address to children): a run of a
+    # killed child would stay "in use" there, as it never would for a command started from a shell.
+    env.pop("WANDB_SERVICE", None)
     return subprocess.run([sys.executable, "-m", "medgrounder.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

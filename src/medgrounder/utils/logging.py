@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -55,19 +54,11 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", entity: str | 
     if rank_zero_only.rank != 0:  # other ranks have no W&B run
         return logger
     if id:
-        # The W&B service of a killed process can hold its run for a few seconds ("run ID ... is
-        # in use"): wait a little, then log to a new run rather than fail the training.
-        for wait in (2, 4, None):
-            try:
-                logger.experiment  # noqa: B018 - starts the run now
-                break
-            except Exception as err:
-                if wait is None:
-                    log.warning("W&B run %s cannot be continued (%s); logging to a new run", id, err)
-                    logger = WandbLogger(**kwargs)
-                else:
-                    time.sleep(wait)
-                    logger = WandbLogger(**kwargs, id=id, resume="allow")
+        try:
+            logger.experiment  # noqa: B018 - start the run now: can its id be continued?
+        except Exception as err:  # "run ID ... is in use": a W&B service still holds it
+            log.warning("W&B run %s cannot be continued (%s); logging to a new run", id, err)
+            logger = WandbLogger(**kwargs)
     if mode == "offline":
         log.info("W&B is offline; sync later with: wandb sync %s", Path(logger.experiment.dir).parent)
     return logger
