@@ -14,7 +14,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from medgrounder.data.boxes import from_grid, iou, to_grid
-from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS, NO_FINDING
+from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS, MSCXR_CATEGORIES, NO_FINDING
 from medgrounder.eval.parse import parse_identify, parse_vqa
 
 __all__ = [
@@ -274,16 +274,6 @@ def mean_box_baseline(
 
 
 # --------------------------------------------------------------------------------- MS-CXR
-MSCXR_CATEGORIES = (
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Atelectasis",
-    "Edema",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Pleural Effusion",
-)
 
 
 def _pixel_boxes(boxes: Iterable[Sequence]) -> list[tuple[float, float, float, float]]:
