@@ -107,7 +107,7 @@ def _check_sources(sources: DictConfig) -> list[str]:
         target = str(src.get("_target_", ""))
         kind = "roco" if target.endswith("RocoCaptions") else "clef2022" if "CLEF" in target else "mimic"
         marker = Path(src.root) / ("data" if kind == "roco" else src.get("split_csv") or "")
-        if not marker.exists():
+        if not marker.exists() and not marker.with_name(marker.name + ".gz").is_file():
             problems.append(f"data caption source {name}: {marker.resolve()} does not exist. Get {SOURCES[kind]}.")
     return problems
 
