@@ -172,9 +172,29 @@ def test_pfmvg_experiments_run_end_to_end_at_tiny_scale(name, tmp_path, synth_ro
     initial = {k: v for k, v in instantiate(cfg.model).trainable_state_dict().items()}
     if name == "pfmvg":  # stage 2 continues from stage 1's weights and trains them further
         assert not _same(ckpt["caption"], initial) and not _same(ckpt["refer"], ckpt["caption"])
+        _rebuild_from_checkpoint(out, metrics, rows)
     elif name == "pfmvg_stage1_only":  # [refer] evaluated with stage 1's weights, untouched
         assert not _same(ckpt["caption"], initial) and _same(ckpt["refer"], ckpt["caption"])
     elif name == "pfmvg_zero_shot":  # no fine-tuning at all
         assert _same(ckpt["refer"], initial)
     else:
         assert not _same(ckpt["refer"], initial)
+
+
+def _rebuild_from_checkpoint(out: Path, metrics: dict, rows: list[dict]) -> None:
+    """evaluate and predict rebuild the two-stage model from refer.pt: same answers, same metrics."""
+    from medgrounder.evaluate import evaluate_checkpoint
+    from medgrounder.predict import predict
+
+    again = evaluate_checkpoint(out / "checkpoints" / "refer.pt", out / "eval", num_figure_images=1)
+    assert again == metrics
+    row = rows[0]
+    image = _image_of(out, row["image_id"])
+    result = predict(out / "checkpoints" / "refer.pt", image, out / "predict", phrase=row["label_text"])
+    assert result["answer"] == row["prediction"] and result["task"] == "refer"
+    assert result["prompt"] == row["prompt"]
+
+
+def _image_of(out: Path, image_id: str) -> str:
+    cfg = OmegaConf.create(torch.load(out / "checkpoints" / "refer.pt", weights_only=False)["config"])
+    return next(str(p) for p in Path(cfg.data.tasks.refer.image_root).rglob(f"{image_id}.jpg"))
