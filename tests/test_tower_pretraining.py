@@ -35,14 +35,16 @@ def test_coverage_targets_by_hand():
 
 def test_box_targets_by_hand():
     # 200 x 100 image, 4 x 4 grid: patch centres at 12.5 %, 37.5 %, 62.5 %, 87.5 % of each side.
-    t = box_targets([("Edema", (0, 0, 100, 50)), ("Edema", (40, 0, 60, 30))], 200, 100, 4)
-    assert t.shape == (16, 5)
-    grid = t.reshape(4, 4, 5)
-    assert grid[:2, :2, 4].all() and grid[:, :, 4].sum() == 4  # centres inside the larger box
-    np.testing.assert_allclose(grid[0, 0, :4], [0.0, 0.0, 0.5, 0.5])
-    assert not grid[2:, :, :].any() and not grid[:, 2:, :].any()
-    t = box_targets([("Edema", (0, 0, 100, 50)), ("Edema", (0, 0, 50, 50))], 200, 100, 4)
-    np.testing.assert_allclose(t.reshape(4, 4, 5)[0, 0, :4], [0.0, 0.0, 0.25, 0.5])  # the smaller box wins
+    classes = ("Edema", "Cardiomegaly")
+    t = box_targets([("Edema", (0, 0, 100, 50)), ("Cardiomegaly", (100, 50, 200, 100))], 200, 100, 4, classes)
+    assert t.shape == (16, 8)
+    grid = t.reshape(4, 4, 2, 4)
+    np.testing.assert_allclose(grid[:2, :2, 0], np.broadcast_to([0.0, 0.0, 0.5, 0.5], (2, 2, 4)))
+    np.testing.assert_allclose(grid[2:, 2:, 1], np.broadcast_to([0.5, 0.5, 1.0, 1.0], (2, 2, 4)))
+    assert not grid[:2, :2, 1].any() and not grid[2:, :2].any() and not grid[:2, 2:].any()
+    t = box_targets([("Edema", (0, 0, 100, 50)), ("Edema", (0, 0, 50, 50))], 200, 100, 4, classes)
+    np.testing.assert_allclose(t.reshape(4, 4, 2, 4)[0, 0, 0], [0.0, 0.0, 0.25, 0.5])  # the smaller box wins
+    assert t.reshape(4, 4, 2, 4)[0, 1, 0, 2] == 0.5  # outside the small one: the large one
 
 
 def test_box_regression_adds_a_term_and_leaves_the_default_unchanged():

@@ -54,18 +54,21 @@ def coverage_targets(findings: Sequence[tuple[str, Sequence[float]]], width: flo
 
 
 def box_targets(findings: Sequence[tuple[str, Sequence[float]]], width: float, height: float,
-                side: int) -> np.ndarray:
-    """``[(class, pixel box), ...]`` -> ``[side * side, 5]``: for each patch (raster order) whose
-    centre lies in a box, that box as fractions of the image ``(x1, y1, x2, y2)`` and a 1; zeros
-    elsewhere (the smallest box wins where boxes overlap). Dense box regression, as one-stage
-    detectors pretrain their features (e.g. FCOS)."""
-    out = np.zeros((side, side, 5), dtype=np.float32)
+                side: int, classes: Sequence[str] = LOCAL_LABELS) -> np.ndarray:
+    """``[(class, pixel box), ...]`` -> ``[side * side, len(classes) * 4]``: for each patch (raster
+    order) whose centre lies in a box of class ``c``, that box as fractions of the image
+    ``(x1, y1, x2, y2)`` in the four channels of ``c``; zeros elsewhere (the smallest box wins where
+    boxes of a class overlap). Dense box regression, as one-stage detectors pretrain their
+    features (e.g. FCOS), per class, so that even the mean over an image's tokens says where each
+    finding is (its box times its area)."""
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.zeros((side, side, len(classes), 4), dtype=np.float32)
     centres = (np.arange(side, dtype=np.float32) + 0.5) / side
-    for _, (x1, y1, x2, y2) in sorted(findings, key=lambda f: -(f[1][2] - f[1][0]) * (f[1][3] - f[1][1])):
+    for name, (x1, y1, x2, y2) in sorted(findings, key=lambda f: -(f[1][2] - f[1][0]) * (f[1][3] - f[1][1])):
         fx1, fy1, fx2, fy2 = x1 / width, y1 / height, x2 / width, y2 / height
         inside = ((centres >= fy1) & (centres < fy2))[:, None] & ((centres >= fx1) & (centres < fx2))[None, :]
-        out[inside] = (fx1, fy1, fx2, fy2, 1.0)
-    return out.reshape(side * side, 5)
+        out[inside, index[name]] = (fx1, fy1, fx2, fy2)
+    return out.reshape(side * side, -1)
 
 
 def towers_of(encoder: nn.Module) -> list[nn.Module]:
@@ -80,18 +83,19 @@ def pretrain_towers(encoder: nn.Module, images: torch.Tensor, records: Sequence,
     ``records`` (``findings`` over ``classes``, ``width``, ``height``). AdamW, linear warm-up then
     cosine decay. Returns the loss of each step.
 
-    ``box_weight > 0`` adds dense box regression (:func:`box_targets`, mean squared error on the
-    patches inside boxes, times ``box_weight``): the stand-in for towers that were pretrained to
-    localise (the grounding experiments start from MiniGPT-v2, which already grounds objects)."""
+    ``box_weight > 0`` adds dense per-class box regression (:func:`box_targets`, squared error
+    summed over the channels, averaged over patches, times ``box_weight``): the stand-in for towers
+    that were pretrained to localise (the grounding experiments start from MiniGPT-v2, which
+    already grounds objects)."""
     towers = towers_of(encoder)
     sides = [math.isqrt(t.num_tokens) for t in towers]
     targets = [torch.from_numpy(np.stack([coverage_targets(r.findings, r.width, r.height, s, classes)
                                           for r in records])) for s in sides]
-    boxes = [torch.from_numpy(np.stack([box_targets(r.findings, r.width, r.height, s) for r in records]))
+    boxes = [torch.from_numpy(np.stack([box_targets(r.findings, r.width, r.height, s, classes) for r in records]))
              for s in sides] if box_weight > 0 else None
     gen = torch.Generator().manual_seed(seed)
     heads = nn.ModuleList([nn.Linear(t.width, len(classes)) for t in towers])
-    box_heads = nn.ModuleList([nn.Linear(t.width, 4) for t in towers])
+    box_heads = nn.ModuleList([nn.Linear(t.width, 4 * len(classes)) for t in towers])
     params = [*heads.parameters(), *encoder.parameters(), *(box_heads.parameters() if boxes else [])]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
@@ -116,10 +120,9 @@ def pretrain_towers(encoder: nn.Module, images: torch.Tensor, records: Sequence,
         for k, (tower, head, tgt) in enumerate(zip(towers, heads, targets, strict=True)):
             feats = tower(x)
             loss = loss + nn.functional.binary_cross_entropy_with_logits(head(feats), tgt[idx])
-            if boxes is not None:
-                b = boxes[k][idx]
-                err = ((box_heads[k](feats) - b[..., :4]) ** 2).sum(-1) * b[..., 4]
-                loss = loss + box_weight * err.sum() / b[..., 4].sum().clamp(min=1)
+            if boxes is not None:  # squared error per box coordinate, summed over classes
+                err = (box_heads[k](feats) - boxes[k][idx]) ** 2
+                loss = loss + box_weight * err.sum(-1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
