@@ -33,7 +33,7 @@ wordnet: ## WordNet 3.0 for METEOR (nltk backend, LiteGPT's numbers): Debian's w
 	else echo "run as root: apt-get install wordnet-base (or nltk.download('wordnet'), or set MEDGROUNDER_WORDNET)"; exit 1; fi
 
 lint: install ## ruff check
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench experiments
 
 clean: ## Remove run outputs and caches (keeps .venv and data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

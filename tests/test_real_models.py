@@ -342,12 +342,16 @@ def test_pfmvg_stops_at_start_naming_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("MEDGROUNDER_WEIGHTS", str(tmp_path / "weights"))
     monkeypatch.setenv("MSCXR_ROOT", str(tmp_path / "ms-cxr"))
+    monkeypatch.setenv("MEDGROUNDER_DATA", str(tmp_path / "data"))
     cfg = compose_train(["+experiment=pfmvg", f"paths.output_dir={tmp_path}/out"])
     with pytest.raises(MissingInputError) as err:
         run(cfg)
     msg = str(err.value)
-    assert f"{tmp_path}/ms-cxr" in msg and "physionet.org/content/ms-cxr" in msg
-    assert "data.dataset=mscxr" in msg and "no data module" in msg
+    assert f"{tmp_path}/ms-cxr" in msg and "MS_CXR_Local_Alignment_v1.1.0.csv" in msg
+    assert "physionet.org/content/ms-cxr" in msg and f"{tmp_path}/data/mimic-cxr-jpg/files" in msg
+    assert f"{tmp_path}/data/roco-dataset/data" in msg and "github.com/razorx89/roco-dataset" in msg
+    assert f"{tmp_path}/data/imageclef2022" in msg and "imageclef.org/2022/medical/caption" in msg
+    assert "mimic-cxr-2.0.0-split.csv" in msg and "physionet.org/content/mimic-cxr/" in msg
     assert f"{tmp_path}/weights/eva_vit_g.pth" in msg and "LAVIS/models/BLIP2/eva_vit_g.pth" in msg
     assert f"{tmp_path}/weights/minigptv2_checkpoint.pth" in msg
     assert "meta-llama/Llama-2-7b-chat-hf" in msg

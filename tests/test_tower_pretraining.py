@@ -11,7 +11,12 @@ import torch
 from conftest import compose_train
 from medgrounder.data.labels import LOCAL_INDEX
 from medgrounder.models.encoders import FusedTowers, HFCLIPVision, TimmViT
-from medgrounder.models.tower_pretraining import coverage_targets, load_or_pretrain, pretrain_towers
+from medgrounder.models.tower_pretraining import (
+    box_targets,
+    coverage_targets,
+    load_or_pretrain,
+    pretrain_towers,
+)
 from medgrounder.utils.preflight import check_inputs
 
 CARDIO = LOCAL_INDEX["Cardiomegaly"]
@@ -26,6 +31,31 @@ def test_coverage_targets_by_hand():
     # Overlapping boxes of one class: the larger coverage per cell, not the sum.
     t = coverage_targets([("Cardiomegaly", (0, 0, 100, 50)), ("Cardiomegaly", (0, 0, 50, 50))], 200, 100, 2)
     assert t[0, CARDIO] == 1.0
+
+
+def test_box_targets_by_hand():
+    # 200 x 100 image, 4 x 4 grid: patch centres at 12.5 %, 37.5 %, 62.5 %, 87.5 % of each side.
+    classes = ("Edema", "Cardiomegaly")
+    t = box_targets([("Edema", (0, 0, 100, 50)), ("Cardiomegaly", (100, 50, 200, 100))], 200, 100, 4, classes)
+    assert t.shape == (16, 8)
+    grid = t.reshape(4, 4, 2, 4)
+    np.testing.assert_allclose(grid[:2, :2, 0], np.broadcast_to([0.0, 0.0, 0.5, 0.5], (2, 2, 4)))
+    np.testing.assert_allclose(grid[2:, 2:, 1], np.broadcast_to([0.5, 0.5, 1.0, 1.0], (2, 2, 4)))
+    assert not grid[:2, :2, 1].any() and not grid[2:, :2].any() and not grid[:2, 2:].any()
+    t = box_targets([("Edema", (0, 0, 100, 50)), ("Edema", (0, 0, 50, 50))], 200, 100, 4, classes)
+    np.testing.assert_allclose(t.reshape(4, 4, 2, 4)[0, 0, 0], [0.0, 0.0, 0.25, 0.5])  # the smaller box wins
+    assert t.reshape(4, 4, 2, 4)[0, 1, 0, 2] == 0.5  # outside the small one: the large one
+
+
+def test_box_regression_adds_a_term_and_leaves_the_default_unchanged():
+    images, records = _bright_square_data(n=16)
+    runs = {}
+    for weight in (None, 0.0, 5.0):
+        enc = _tiny_encoder()
+        kwargs = {} if weight is None else {"box_weight": weight}
+        runs[weight] = pretrain_towers(enc, images, records, steps=3, lr=1e-3, warmup_steps=1, batch_size=8, **kwargs)
+    assert runs[None] == runs[0.0]  # the demo's objective is untouched
+    assert runs[5.0][0] > runs[0.0][0]  # same towers and batch, plus the box regression error
 
 
 def _tiny_encoder():

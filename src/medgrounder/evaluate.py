@@ -31,14 +31,21 @@ from medgrounder.data.dicom import load_dicom_uint8
 from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
 from medgrounder.data.prompts import PROMPT_PREFIX, prompt_suffix
 from medgrounder.eval import tables
-from medgrounder.eval.metrics import mean_box_baseline, vindr_identify_metrics, vindr_vqa_metrics
-from medgrounder.eval.parse import parse_identify
+from medgrounder.eval.metrics import (
+    mean_box_baseline,
+    mscxr_mean_box_baseline,
+    mscxr_refer_metrics,
+    vindr_identify_metrics,
+    vindr_vqa_metrics,
+)
+from medgrounder.eval.parse import parse_identify, parse_refer
 from medgrounder.eval.text_metrics import text_metrics
 from medgrounder.eval.visualize import draw_boxes, save_grid
 from medgrounder.models.tower_pretraining import pretrain_configured_towers
 
 log = logging.getLogger("medgrounder.evaluate")
-TASK_KEYS = {"identify": "vindr_identify", "grounding": "vindr_identify", "vqa": "vindr_vqa"}
+TASK_KEYS = {"identify": "vindr_identify", "grounding": "vindr_identify", "vqa": "vindr_vqa",
+             "refer": "mscxr_refer", "caption": "caption"}
 
 
 def _rank_world() -> tuple[int, int]:
@@ -56,8 +63,8 @@ def _generate(module, loader, desc: str) -> list[dict]:
         answers = module.generate(batch["images"].to(module.device), batch["prompt_ids"].to(module.device),
                                   batch["prompt_mask"].to(module.device))
         for meta, answer in zip(batch["meta"], answers, strict=True):
-            rows.append({**meta, "prompt": f"{PROMPT_PREFIX}<ImageHere>{prompt_suffix(meta['task'])}",
-                         "prediction": answer})
+            prompt = meta.get("prompt") or f"{PROMPT_PREFIX}<ImageHere>{prompt_suffix(meta['task'])}"
+            rows.append({**meta, "prompt": prompt, "prediction": answer})
     module.train(was_training)
     return rows
 
@@ -93,6 +100,19 @@ def evaluate_task(module, datamodule, task: str, num_figure_images: int = 8):
     """Generate on the test split for ``task``; returns ``({task_key: metrics}, rows, figure)``."""
     rows = generate_rows(module, datamodule.test_dataloader(task), desc=f"generate [{task}] test")
     key = TASK_KEYS[task]
+    data = datamodule.for_task(task) if hasattr(datamodule, "for_task") else datamodule
+    if key == "mscxr_refer":
+        # PFMVG tables 1-4, and the category-prior baseline beside them.
+        metrics = mscxr_refer_metrics(rows)
+        baseline = mscxr_mean_box_baseline(data.train_boxes(), rows)
+        metrics.update({f"baseline/{k}": v for k, v in baseline.items() if k.startswith(("iou/", "dice/"))})
+        log.info("[%s] %s", task, {k: round(v, 4) for k, v in metrics.items() if k.split("/")[-1] in ("mean", "weighted")
+                                   or k == "valid_rate"})
+        return {key: metrics}, rows, refer_box_figure(rows, data, num_figure_images)
+    if key == "caption":
+        metrics = text_metrics([r["prediction"] for r in rows], [r["reference"] for r in rows])
+        log.info("[%s] %s", task, {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+        return {key: metrics}, rows, None
     if key == "vindr_identify":
         metrics = vindr_identify_metrics(rows)
         baseline = mean_box_baseline(datamodule.train_findings(), rows)
@@ -144,6 +164,25 @@ def box_figure(rows: list[dict], datamodule, n: int):
     return panels or None
 
 
+def refer_box_figure(rows: list[dict], datamodule, n: int):
+    """Ground truth (green, with the phrase's category) and predicted boxes (red) of the first
+    ``n`` ``[refer]`` test rows, on the datamodule's cached picture of each image."""
+    from medgrounder.data.boxes import from_grid
+
+    panels = []
+    for row in rows[:n]:
+        img, sx, sy = datamodule.figure_image(row["image_id"])
+        w, h = row["image_width"], row["image_height"]
+
+        def scaled(box, sx=sx, sy=sy):
+            return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
+        pred = [("", scaled(from_grid(g, w, h))) for _, g in parse_refer(row["prediction"]).findings]
+        gt = [(row["category"], scaled(b[-4:])) for b in row["gt_boxes"]]
+        panels.append(draw_boxes(img, gt, pred, title=row["label_text"][:40]))
+    return panels or None
+
+
 def write_reports(out_dir: Path, metrics: dict, rows: list[dict], figures: list) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "predictions.jsonl", "w") as f:
@@ -161,8 +200,17 @@ def write_reports(out_dir: Path, metrics: dict, rows: list[dict], figures: list)
         m = metrics["vindr_vqa"]
         parts += [tables.classification_table(m, GLOBAL_LABELS, "global/", "Global labels"), "",
                   f"Valid outputs [vqa]: {m['valid_rate']:.4f}", ""]
+    if "mscxr_refer" in metrics:
+        m = metrics["mscxr_refer"]
+        base = {k.removeprefix("baseline/"): v for k, v in m.items() if k.startswith("baseline/")}
+        for metric, title in (("iou", "IoU"), ("dice", "Dice")):
+            parts += [f"MS-CXR [refer] {title} (PFMVG tables 1-4)", "",
+                      tables.refer_table({"model [refer]": m, "mean-box baseline (category prior)": base}, metric), ""]
+        parts += [f"Valid outputs [refer]: {m['valid_rate']:.4f}", ""]
     text_rows = {f"model [{task}]": {k.removeprefix("text/"): v for k, v in m.items() if k.startswith("text/")}
                  for task, m in metrics.items()}
+    if "caption" in metrics:
+        text_rows["model [caption]"] = metrics["caption"]
     text_rows = {name: m for name, m in text_rows.items() if m}
     if text_rows:
         parts += ["Text validity (boxes and <p> tags stripped)", "", tables.text_table(text_rows), ""]

@@ -5,7 +5,7 @@ and an overlay PNG. The model is rebuilt from the checkpoint's resolved config a
 weights are loaded strictly (as :func:`medgrounder.evaluate.evaluate_checkpoint` does). The
 image is prepared as in training: DICOM windowing of the checkpoint's data config, grey 8-bit,
 resized to the encoder's square input. The prompt is the checkpoint stage's task (e.g.
-``[identify]``), or ``[refer] <phrase>`` with a phrase.
+``[identify]``), or with a phrase ``[refer]`` and the phrase in the instruction pool's first phrasing.
 
 Writes into the run directory (``paths.output_dir``): ``prediction.json`` (``image``, ``task``,
 ``prompt``, ``answer``, ``valid``, ``boxes`` = ``[{label, box}]`` with ``box`` in pixels,
@@ -27,7 +27,7 @@ from PIL import Image
 from medgrounder.data.boxes import from_grid
 from medgrounder.data.collate import images_to_float
 from medgrounder.data.dicom import load_dicom_uint8
-from medgrounder.data.prompts import INSTRUCTIONS, PROMPT_PREFIX, prompt_suffix
+from medgrounder.data.prompts import INSTRUCTIONS, PROMPT_PREFIX, prompt_suffix, refer_instruction
 from medgrounder.eval.parse import parse_identify, parse_refer, parse_vqa
 from medgrounder.eval.visualize import draw_boxes
 from medgrounder.evaluate import load_checkpoint_module
@@ -70,9 +70,10 @@ def predict(ckpt_path: str | Path, image: str | Path, out_dir: str | Path, phras
     data_cfg = run_cfg.data
     original = read_image(image, data_cfg.get("windowing", "dicom"))
     height, width = original.shape
-    size = int(data_cfg.image_size)
+    size = int(run_cfg.model.image_size)
     resized = np.asarray(Image.fromarray(original).resize((size, size), Image.BILINEAR))
-    suffix = prompt_suffix(task, phrase)
+    # [refer] asks with the instruction pool's first phrasing, as evaluation does.
+    suffix = prompt_suffix(task, refer_instruction(phrase) if task == "refer" and phrase else phrase)
     ids = torch.tensor([module.tokenizer.encode(suffix, add_special_tokens=False)])
     images = images_to_float(torch.from_numpy(resized)[None]).to(module.device)
     answer = module.generate(images, ids.to(module.device), torch.ones_like(ids).to(module.device),

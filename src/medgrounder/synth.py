@@ -6,8 +6,15 @@ four csv files under ``annotations/``. ``--layout kaggle`` writes the Kaggle Vin
 instead: ``train.csv`` (findings drawn from its 14 classes; no global labels) with the same
 DICOM folders, the test images unlabelled as on Kaggle. Each local finding is a class-specific
 pattern that fills its box (:data:`APPEARANCE`), so a model can learn to localise and name it;
-global labels follow from the findings by :func:`global_labels_from_local`. The same seed gives
-byte-identical files, whatever ``--workers``.
+global labels follow from the findings by :func:`global_labels_from_local`.
+
+``python -m medgrounder.synth mscxr --out DIR`` writes MS-CXR's csv with MIMIC-CXR-JPG images
+(:func:`synth_mscxr`); ``python -m medgrounder.synth captions --out DIR`` the three caption
+corpora of PFMVG stage 1 in their layouts (:func:`synth_captions`). Their findings are the 8
+MS-CXR categories drawn with the same patterns, and every phrase, caption and report names what is
+drawn and where.
+
+The same seed gives byte-identical files, whatever ``--workers``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from medgrounder.data.labels import (
     KAGGLE_NO_FINDING_ID,
     LOCAL_INDEX,
     LOCAL_LABELS,
+    MSCXR_CATEGORIES,
     NO_FINDING,
 )
 
@@ -162,15 +170,20 @@ def _round_box(box: Sequence[float]) -> Box:
     return tuple(round(float(v), 2) for v in box)  # type: ignore[return-value]
 
 
-def _place_box(rng: np.random.Generator, w: int, h: int, earlier: list[Box], tries: int = 20) -> Box:
-    """A box of 5-30 % of each side inside the central 10-90 %, IoU <= 0.3 with ``earlier``."""
+def _place_box(rng: np.random.Generator, w: int, h: int, earlier: list[Box], tries: int = 20,
+               size: tuple[float, float] = (0.05, 0.30), margin: float = 0.10, max_iou: float = 0.3,
+               digits: int | None = 2) -> Box:
+    """A box of ``size`` (fractions of each side) inside the central ``margin``..``1 - margin``,
+    IoU <= ``max_iou`` with ``earlier`` (the last try is kept when none fits); corners rounded to
+    ``digits`` decimals (``None``: whole pixels)."""
     for _ in range(tries):
-        bw, bh = rng.uniform(0.05, 0.30) * w, rng.uniform(0.05, 0.30) * h
-        x1, y1 = rng.uniform(0.10 * w, 0.90 * w - bw), rng.uniform(0.10 * h, 0.90 * h - bh)
-        box = _round_box((x1, y1, x1 + bw, y1 + bh))
-        if all(iou(box, e) <= 0.3 for e in earlier):
+        bw, bh = rng.uniform(*size) * w, rng.uniform(*size) * h
+        x1, y1 = rng.uniform(margin * w, (1 - margin) * w - bw), rng.uniform(margin * h, (1 - margin) * h - bh)
+        box = (x1, y1, x1 + bw, y1 + bh)
+        box = _round_box(box) if digits == 2 else tuple(float(round(v, digits)) for v in box)
+        if all(iou(box, e) <= max_iou for e in earlier):
             break
-    return box
+    return box  # type: ignore[return-value]
 
 
 def _jitter(rng: np.random.Generator, box: Box, frac: float, w: int, h: int) -> Box:
@@ -292,9 +305,10 @@ def _texture(texture: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray | float
     return np.where(on, np.float32(1), np.float32(TEXTURE_LOW))
 
 
-def _draw_finding(u: np.ndarray, name: str, box: Box) -> None:
-    """Add the class pattern of ``name`` to ``u`` over the pixels whose centres lie in ``box``."""
-    shape, sign, texture = APPEARANCE[name]
+def _draw_finding(u: np.ndarray, name: str, box: Box, appearance: dict | None = None) -> None:
+    """Add the class pattern of ``name`` (looked up in ``appearance``, default
+    :data:`APPEARANCE`) to ``u`` over the pixels whose centres lie in ``box``."""
+    shape, sign, texture = (appearance or APPEARANCE)[name]
     x1, y1, x2, y2 = box
     i0, i1 = math.ceil(x1 - 0.5), math.floor(x2 - 0.5) + 1
     j0, j1 = math.ceil(y1 - 0.5), math.floor(y2 - 0.5) + 1
@@ -313,7 +327,15 @@ def _soft(r: np.ndarray, sharp: float) -> np.ndarray:
 
 def _render_u(plan: _ImagePlan, rng: np.random.Generator) -> np.ndarray:
     """Chest-like picture with the plan's findings, float32 display units."""
-    w, h = plan.width, plan.height
+    return render_chest(plan.width, plan.height, plan.findings, rng)
+
+
+def render_chest(w: int, h: int, findings: Iterable[tuple[str, Box]], rng: np.random.Generator,
+                 appearance: dict | None = None) -> np.ndarray:
+    """Chest-like picture ``[h, w]`` (float32 display units: 0 black, 1 white) with each
+    ``(class, pixel box)`` of ``findings`` drawn as its ``appearance`` pattern (default
+    :data:`APPEARANCE`). Body, lungs, ribs, spine, heart, noise, collimation border and a bright
+    marker vary with ``rng``."""
     f32 = np.float32
     x = ((np.arange(w, dtype=f32) + 0.5) / w)[None, :]
     y = ((np.arange(h, dtype=f32) + 0.5) / h)[:, None]
@@ -333,8 +355,8 @@ def _render_u(plan: _ImagePlan, rng: np.random.Generator) -> np.ndarray:
     m = max(4, min(w, h) // 25)
     mx = 2 * b if rng.random() < 0.5 else w - 2 * b - m
     u[2 * b:2 * b + m, mx:mx + m] = 1.7
-    for name, box in plan.findings:
-        _draw_finding(u, name, box)
+    for name, box in findings:
+        _draw_finding(u, name, box, appearance)
     return u
 
 
@@ -484,6 +506,339 @@ def synth_vindr(out: str | Path, n: int, seed: int, test_frac: float = 0.2, min_
 
 
 # --------------------------------------------------------------------------------------------
+# MS-CXR and the caption corpora (PFMVG)
+#
+# Every chest image carries 0-2 findings of the 8 MS-CXR categories, each one or two boxes
+# drawn with its category's pattern (:data:`MSCXR_APPEARANCE`, VinDr's patterns where the names
+# match). The MS-CXR phrase and every caption name the category and where it is (the patient's
+# side, as radiologists write it: the image's left is the patient's right), so a model can learn
+# to ground the phrase and to caption the picture.
+
+#: Pattern of each MS-CXR category: VinDr's where the finding exists there, one more for Pneumonia.
+MSCXR_APPEARANCE: dict[str, tuple[str, int, str]] = {
+    "Pneumonia": ("diamond", +1, "hstripes"),
+    "Pneumothorax": APPEARANCE["Pneumothorax"],
+    "Consolidation": APPEARANCE["Consolidation"],
+    "Atelectasis": APPEARANCE["Atelectasis"],
+    "Edema": APPEARANCE["Edema"],
+    "Cardiomegaly": APPEARANCE["Cardiomegaly"],
+    "Lung Opacity": APPEARANCE["Lung Opacity"],
+    "Pleural Effusion": APPEARANCE["Pleural effusion"],
+}
+#: Samples per category in MS-CXR 1.0 (its paper), the category weights of the synthetic set.
+MSCXR_WEIGHTS: dict[str, int] = {
+    "Pneumonia": 182, "Pneumothorax": 245, "Consolidation": 117, "Atelectasis": 61,
+    "Edema": 46, "Cardiomegaly": 333, "Lung Opacity": 82, "Pleural Effusion": 96,
+}
+#: Phrasings of each category; ``{loc}`` becomes e.g. "right lower" or "bilateral".
+MSCXR_PHRASES: dict[str, tuple[str, ...]] = {
+    "Pneumonia": ("{loc} pneumonia", "pneumonia in the {loc} lung", "{loc} opacity consistent with pneumonia"),
+    "Pneumothorax": ("{loc} pneumothorax", "small {loc} pneumothorax", "{loc} apical pneumothorax"),
+    "Consolidation": ("{loc} consolidation", "consolidation in the {loc} lung", "dense {loc} consolidation"),
+    "Atelectasis": ("{loc} atelectasis", "{loc} subsegmental atelectasis", "atelectasis in the {loc} lung"),
+    "Edema": ("{loc} pulmonary edema", "edema in the {loc} lung", "{loc} interstitial edema"),
+    "Cardiomegaly": ("cardiomegaly", "enlarged cardiac silhouette", "moderate cardiomegaly"),
+    "Lung Opacity": ("{loc} opacity", "{loc} lung opacity", "hazy opacity in the {loc} lung"),
+    "Pleural Effusion": ("{loc} pleural effusion", "small {loc} effusion", "{loc} pleural fluid"),
+}
+MSCXR_CSV = "MS_CXR_Local_Alignment_v1.1.0.csv"
+MSCXR_HEADER = ("dicom_id", "category_name", "label_text", "x", "y", "w", "h", "image_width",
+                "image_height", "path", "split")
+MSCXR_SPLIT_P = (("train", 0.7), ("val", 0.1), ("test", 0.2))  # the official column, by patient
+FINDINGS_PER_IMAGE_P = (0.7, 0.3)  # 1 or 2 findings (of different categories) in an MS-CXR image
+TWO_BOXES_P = 0.2  # a finding drawn as two boxes (not Cardiomegaly)
+REGION_SIZE = (0.18, 0.40)  # box sides, fractions of the image's
+JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class _ChestPlan:
+    """One synthetic chest image: its size and findings ``((category, (box, ...)), ...)`` in
+    whole pixels (picklable for workers)."""
+
+    index: int
+    width: int
+    height: int
+    findings: tuple[tuple[str, tuple[Box, ...]], ...]
+
+
+def location_words(boxes: Sequence[Box], width: float, height: float) -> str:
+    """Where boxes sit, in report words: ``"right lower"``, ``"left"``, ``"bilateral upper"``...
+
+    Side is the patient's (the image's left half is the right lung); ``bilateral`` when the boxes'
+    centres fall on both halves. Zone from the mean centre height: upper (< 40 %), mid, lower
+    (>= 65 %)."""
+    sides = {"right" if (b[0] + b[2]) / 2 < width / 2 else "left" for b in boxes}
+    side = "bilateral" if len(sides) == 2 else sides.pop()
+    cy = float(np.mean([(b[1] + b[3]) / 2 for b in boxes])) / height
+    zone = "upper" if cy < 0.40 else "mid" if cy < 0.65 else "lower"
+    return f"{side} {zone}"
+
+
+def finding_phrase(category: str, boxes: Sequence[Box], width: float, height: float, choice: int) -> str:
+    """Phrase ``choice`` (modulo the pool) of ``category`` with its location filled in."""
+    pool = MSCXR_PHRASES[category]
+    return pool[choice % len(pool)].format(loc=location_words(boxes, width, height))
+
+
+def _plan_chests(rng: np.random.Generator, n: int, min_side: int, max_side: int,
+                 count_p: Sequence[float]) -> list[_ChestPlan]:
+    """``n`` images; ``count_p[k]`` is the probability of ``k`` findings (distinct categories,
+    drawn by :data:`MSCXR_WEIGHTS`), boxes of :data:`REGION_SIZE` that barely overlap."""
+    if n < 1 or not 32 <= min_side <= max_side:
+        raise ValueError(f"bad arguments: n={n}, sides {min_side}..{max_side}")
+    cats = list(MSCXR_CATEGORIES)
+    p = np.asarray([MSCXR_WEIGHTS[c] for c in cats], dtype=np.float64)
+    p /= p.sum()
+    plans = []
+    for i in range(n):
+        w, h = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
+        k = int(rng.choice(len(count_p), p=count_p))
+        chosen = rng.choice(len(cats), k, replace=False, p=p) if k else []
+        placed: list[Box] = []
+        findings = []
+        for c in chosen:
+            n_boxes = 2 if cats[c] != "Cardiomegaly" and rng.random() < TWO_BOXES_P else 1
+            boxes = []
+            for _ in range(n_boxes):
+                box = _place_box(rng, w, h, placed, tries=50, size=REGION_SIZE, margin=0.06,
+                                 max_iou=0.0, digits=None)
+                placed.append(box)
+                boxes.append(box)
+            findings.append((cats[c], tuple(sorted(boxes))))
+        plans.append(_ChestPlan(i, w, h, tuple(findings)))
+    return plans
+
+
+def _chest_pixels(plan: _ChestPlan, seed: int, salt: str) -> np.ndarray:
+    """8-bit picture of a plan (deterministic in ``seed``, ``salt`` and the plan's index)."""
+    rng = np.random.default_rng([seed, plan.index, sum(salt.encode())])
+    drawn = [(c, b) for c, boxes in plan.findings for b in boxes]
+    u = render_chest(plan.width, plan.height, drawn, rng, MSCXR_APPEARANCE)
+    return np.rint(np.clip(u, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _write_jpg(job: tuple[_ChestPlan, str, int, str]) -> None:
+    from PIL import Image
+
+    plan, path, seed, salt = job
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_chest_pixels(plan, seed, salt)).save(path, format="JPEG", quality=JPEG_QUALITY)
+
+
+def _write_jpgs(jobs: list[tuple[_ChestPlan, str, int, str]], workers: int) -> None:
+    if workers > 1:
+        with Pool(workers) as pool:
+            for _ in pool.imap_unordered(_write_jpg, jobs, chunksize=16):
+                pass
+    else:
+        for job in jobs:
+            _write_jpg(job)
+
+
+def _mimic_ids(rng: np.random.Generator, n_patients: int, images_per_patient: Sequence[int]):
+    """MIMIC-CXR-style identifiers: per image ``(subject_id, study_id, dicom_id)`` (8-digit
+    subject ``1xxxxxxx``, study ``5xxxxxxx``, dicom ``8hex-8hex-8hex-8hex-8hex``), distinct."""
+    subjects = rng.choice(10_000_000, n_patients, replace=False) + 10_000_000
+    studies = rng.choice(10_000_000, sum(images_per_patient), replace=False) + 50_000_000
+    out, k = [], 0
+    for subject, count in zip(subjects, images_per_patient, strict=True):
+        for _ in range(count):
+            dicom = "-".join(rng.bytes(4).hex() for _ in range(5))
+            out.append((f"{int(subject)}", f"{int(studies[k])}", dicom))
+            k += 1
+    return out
+
+
+def mimic_jpg_path(subject_id: str, study_id: str, dicom_id: str) -> str:
+    """``files/p10/p10000032/s50414267/<dicom_id>.jpg`` (MIMIC-CXR-JPG 2.0.0 layout)."""
+    return f"files/p{subject_id[:2]}/p{subject_id}/s{study_id}/{dicom_id}.jpg"
+
+
+def _patients(rng: np.random.Generator, n_images: int) -> list[int]:
+    """Images per patient (1-3) summing to ``n_images``."""
+    counts = []
+    while sum(counts) < n_images:
+        counts.append(int(min(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]), n_images - sum(counts))))
+    return counts
+
+
+def _split_by_patient(rng: np.random.Generator, n_patients: int, fractions=MSCXR_SPLIT_P) -> list[str]:
+    order = rng.permutation(n_patients)
+    bounds = np.cumsum([round(f * n_patients) for _, f in fractions[:-1]])
+    split = ["" for _ in range(n_patients)]
+    for rank, patient in enumerate(order):
+        split[patient] = fractions[int(np.searchsorted(bounds, rank, side="right"))][0]
+    return split
+
+
+def synth_mscxr(out: str | Path, n: int = 200, seed: int = 0, min_side: int = 320, max_side: int = 512,
+                workers: int = 1) -> dict:
+    """Write a synthetic MS-CXR to ``out``: :data:`MSCXR_CSV` (design section 5: one row per box;
+    rows sharing an image and a phrase are one sample) and its ``n`` images as MIMIC-CXR-JPG
+    files under ``out/files/pXX/pXXXXXXXX/sYYYYYYYY/<dicom_id>.jpg``, 1-3 images per patient.
+
+    The ``split`` column is an official-style split by patient (7:1:2). Output depends only on
+    the arguments other than ``workers``.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    rng = np.random.default_rng([seed, 7])
+    plans = _plan_chests(rng, n, min_side, max_side, (0.0, *FINDINGS_PER_IMAGE_P))
+    per_patient = _patients(rng, n)
+    ids = _mimic_ids(rng, len(per_patient), per_patient)
+    patient_split = _split_by_patient(rng, len(per_patient))
+    image_split = [s for s, count in zip(patient_split, per_patient, strict=True) for _ in range(count)]
+    rows, jobs = [], []
+    for plan, (subject, study, dicom), split in zip(plans, ids, image_split, strict=True):
+        path = mimic_jpg_path(subject, study, dicom)
+        jobs.append((plan, str(out / path), seed, "mscxr"))
+        for category, boxes in plan.findings:
+            phrase = finding_phrase(category, boxes, plan.width, plan.height, int(rng.integers(1 << 16)))
+            for x1, y1, x2, y2 in boxes:
+                rows.append([dicom, category, phrase, int(x1), int(y1), int(x2 - x1), int(y2 - y1),
+                             plan.width, plan.height, path, split])
+    _write_jpgs(jobs, workers)
+    with open(out / MSCXR_CSV, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(MSCXR_HEADER)
+        writer.writerows(rows)
+    samples = {(r[0], r[2]): r[1] for r in rows}
+    return {"dataset": "mscxr", "out": str(out), "images": n, "patients": len(per_patient),
+            "samples": len(samples), "boxes": len(rows),
+            "categories": {c: list(samples.values()).count(c) for c in MSCXR_CATEGORIES},
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+# Caption corpora. Each caption states every drawn finding with its location, or that there
+# is none, in the corpus's own style.
+
+ROCO_SPLITS = ("train", "validation", "test")
+CLEF_SPLITS = ("train", "valid")
+MIMIC_SPLITS = ("train", "validate", "test")
+CAPTION_SPLIT_P = (0.7, 0.1, 0.2)
+CAPTION_COUNT_P = (0.25, 0.5, 0.25)  # 0, 1 or 2 findings
+NON_RADIOLOGY_FRAC = 0.15  # ROCO images written to the non-radiology subset
+
+
+def _finding_sentences(plan: _ChestPlan) -> list[str]:
+    return [finding_phrase(c, boxes, plan.width, plan.height, k) for k, (c, boxes) in enumerate(plan.findings)]
+
+
+def _join(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def roco_caption(plan: _ChestPlan) -> str:
+    found = _finding_sentences(plan)
+    return f"Chest X-ray showing {_join(found)}." if found else "Chest X-ray with no acute abnormality."
+
+
+def clef_caption(plan: _ChestPlan) -> str:
+    found = _finding_sentences(plan)
+    return f"Chest radiograph demonstrating {_join(found)}" if found else "Normal chest radiograph"
+
+
+def mimic_report(plan: _ChestPlan) -> str:
+    """A free-text report in MIMIC-CXR's layout: header lines, then FINDINGS and IMPRESSION."""
+    found = _finding_sentences(plan)
+    if found:
+        findings = " ".join(f"There is {s}." for s in found)
+        impression = _join(found).capitalize() + "."
+    else:
+        findings = "The lungs are clear. The cardiomediastinal silhouette is normal."
+        impression = "No acute cardiopulmonary process."
+    return ("                                 FINAL REPORT\n"
+            " EXAMINATION:  CHEST (PA AND LAT)\n \n"
+            " INDICATION:  ___ with shortness of breath.\n \n"
+            " COMPARISON:  None.\n \n"
+            f" FINDINGS:\n \n {findings}\n \n"
+            f" IMPRESSION:\n \n {impression}\n")
+
+
+def _assign(n: int, names: Sequence[str], fractions: Sequence[float]) -> list[str]:
+    """The first ``round(f * n)`` items to the first name and so on (the last takes the rest)."""
+    out, start = [], 0
+    for k, name in enumerate(names):
+        count = n - start if k == len(names) - 1 else round(fractions[k] * n)
+        out += [name] * count
+        start += count
+    return out
+
+
+def _write_tsv(path: Path, rows: Iterable[Sequence[str]], header: Sequence[str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        if header:
+            f.write("\t".join(header) + "\n")
+        for row in rows:
+            f.write("\t".join(row) + "\n")
+
+
+def synth_captions(out: str | Path, n: int = 200, seed: int = 0, min_side: int = 256, max_side: int = 448,
+                   workers: int = 1) -> dict:
+    """Write the three caption corpora of PFMVG stage 1, ``n`` images each, in their layouts:
+
+    - ``roco/data/{train,validation,test}/{radiology,non-radiology}/captions.txt`` (TAB: id,
+      caption) and ``images/<ROCO_xxxxx>.jpg`` beside it;
+    - ``imageclef2022/caption_prediction_{train,valid}.csv`` (TAB, header ``ID caption``) and
+      ``{train,valid}/<ID>.jpg``;
+    - ``mimic-cxr/``: ``mimic-cxr-2.0.0-split.csv`` (``dicom_id,study_id,subject_id,split``),
+      the reports ``files/pXX/pXXXXXXXX/sYYYYYYYY.txt`` and the images
+      ``files/pXX/pXXXXXXXX/sYYYYYYYY/<dicom_id>.jpg``.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    rng = np.random.default_rng([seed, 11])
+    jobs = []
+    # ROCO
+    plans = _plan_chests(rng, n, min_side, max_side, CAPTION_COUNT_P)
+    splits = _assign(n, ROCO_SPLITS, CAPTION_SPLIT_P)
+    other = _pick(rng, range(n), NON_RADIOLOGY_FRAC)
+    roco_rows: dict[tuple[str, str], list] = {}
+    for plan, split in zip(plans, splits, strict=True):
+        rid = f"ROCO_{plan.index + 1:05d}"
+        subset = "non-radiology" if plan.index in other else "radiology"
+        caption = "Clinical photograph of the skin." if subset == "non-radiology" else roco_caption(plan)
+        folder = out / "roco" / "data" / split / subset
+        roco_rows.setdefault((split, subset), []).append([rid, f" {caption}"])
+        jobs.append((plan, str(folder / "images" / f"{rid}.jpg"), seed, "roco"))
+    for (split, subset), rows in roco_rows.items():
+        _write_tsv(out / "roco" / "data" / split / subset / "captions.txt", rows)
+    # ImageCLEF 2022 caption prediction
+    plans = _plan_chests(rng, n, min_side, max_side, CAPTION_COUNT_P)
+    splits = _assign(n, CLEF_SPLITS, (0.8, 0.2))
+    clef_rows: dict[str, list] = {s: [] for s in CLEF_SPLITS}
+    for plan, split in zip(plans, splits, strict=True):
+        cid = f"ImageCLEFmedCaption_2022_{split}_{plan.index + 1:06d}"
+        clef_rows[split].append([cid, clef_caption(plan)])
+        jobs.append((plan, str(out / "imageclef2022" / split / f"{cid}.jpg"), seed, "clef"))
+    for split, rows in clef_rows.items():
+        _write_tsv(out / "imageclef2022" / f"caption_prediction_{split}.csv", rows, ("ID", "caption"))
+    # MIMIC-CXR reports + JPG, one image per study
+    plans = _plan_chests(rng, n, min_side, max_side, CAPTION_COUNT_P)
+    per_patient = _patients(rng, n)
+    ids = _mimic_ids(rng, len(per_patient), per_patient)
+    patient_split = _split_by_patient(rng, len(per_patient), tuple(zip(MIMIC_SPLITS, CAPTION_SPLIT_P, strict=True)))
+    image_split = [s for s, count in zip(patient_split, per_patient, strict=True) for _ in range(count)]
+    split_rows = []
+    for plan, (subject, study, dicom), split in zip(plans, ids, image_split, strict=True):
+        path = out / "mimic-cxr" / mimic_jpg_path(subject, study, dicom)
+        jobs.append((plan, str(path), seed, "mimic"))
+        report = path.parent.with_suffix(".txt")
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(mimic_report(plan), encoding="utf-8")
+        split_rows.append([dicom, study, subject, split])
+    with open(out / "mimic-cxr" / "mimic-cxr-2.0.0-split.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(("dicom_id", "study_id", "subject_id", "split"))
+        writer.writerows(split_rows)
+    _write_jpgs(jobs, workers)
+    return {"dataset": "captions", "out": str(out), "images_per_corpus": n,
+            "roco_non_radiology": len(other), "seconds": round(time.perf_counter() - start, 2)}
+
+
+# --------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -509,6 +864,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=LAYOUTS, default="physionet",
                    help="physionet (annotations/*.csv, default) or kaggle (train.csv)")
     p.set_defaults(func=_cmd_vindr)
+    for name, func, default_sides in (("mscxr", synth_mscxr, (320, 512)), ("captions", synth_captions, (256, 448))):
+        help_text = ("MS-CXR: the local alignment csv + MIMIC-CXR-JPG images" if name == "mscxr" else
+                     "caption corpora: ROCO captions.txt, ImageCLEF 2022 caption_prediction_*.csv, "
+                     "MIMIC-CXR reports + split csv + JPG images")
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--out", required=True, help="output directory")
+        p.add_argument("--n", type=int, default=200, help="number of images (per corpus for captions; default 200)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--min-side", type=int, default=default_sides[0])
+        p.add_argument("--max-side", type=int, default=default_sides[1])
+        p.add_argument("--workers", type=int, default=1)
+        p.set_defaults(func=lambda a, f=func: f(a.out, n=a.n, seed=a.seed, min_side=a.min_side,
+                                                  max_side=a.max_side, workers=a.workers))
     return parser
 
 

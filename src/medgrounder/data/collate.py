@@ -16,7 +16,10 @@ def images_to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 class PromptCollator:
-    """``[{image: uint8 [S, S], task, answer, meta}] -> batch``.
+    """``[{image: uint8 [S, S], task, answer, meta, instruction?}] -> batch``.
+
+    An item's ``instruction`` (e.g. a ``[refer]`` question with its phrase, or a phrasing drawn
+    from a pool) replaces the task's fixed instruction.
 
     ``images`` [B, 3, S, S] in [0, 1] (grey replicated to RGB; each tower normalises itself);
     ``text_ids / text_mask / text_labels`` [B, T]: ``</Img> [task] instruction [/INST] answer</s>``,
@@ -26,18 +29,21 @@ class PromptCollator:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self._suffix_cache: dict[str, list[int]] = {}
+        self._suffix_cache: dict[tuple[str, str | None], list[int]] = {}
 
-    def _suffix(self, task: str) -> list[int]:
-        if task not in self._suffix_cache:
-            self._suffix_cache[task] = self.tokenizer.encode(prompt_suffix(task), add_special_tokens=False)
-        return self._suffix_cache[task]
+    def _suffix(self, task: str, instruction: str | None = None) -> list[int]:
+        key = (task, instruction)
+        if key not in self._suffix_cache:
+            if len(self._suffix_cache) > 4096:  # phrases make many distinct prompts: bound the cache
+                self._suffix_cache.clear()
+            self._suffix_cache[key] = self.tokenizer.encode(prompt_suffix(task, instruction), add_special_tokens=False)
+        return self._suffix_cache[key]
 
     def __call__(self, items: list[dict]) -> dict:
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
         images = images_to_float(torch.stack([it["image"] for it in items]))
-        suffixes = [self._suffix(it["task"]) for it in items]
+        suffixes = [self._suffix(it["task"], it.get("instruction")) for it in items]
         answers = self.tokenizer([it["answer"] for it in items], add_special_tokens=False)["input_ids"]
         seqs = [s + a + [eos] for s, a in zip(suffixes, answers, strict=True)]
         t = max(map(len, seqs))

@@ -71,3 +71,16 @@ KAGGLE_CLASSES: tuple[str, ...] = (
 )
 KAGGLE_NO_FINDING_ID = 14
 KAGGLE_CLASS_ID = {name: i for i, name in enumerate(KAGGLE_CLASSES)}
+
+
+#: MS-CXR's 8 ``category_name`` values, in the column order of PFMVG's tables 1-4.
+MSCXR_CATEGORIES: tuple[str, ...] = (
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Atelectasis",
+    "Edema",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Pleural Effusion",
+)

@@ -33,6 +33,29 @@ INSTRUCTIONS: dict[str, str] = {
 # Table 6 ablation: the same localization task under MiniGPT-v2's [grounding] identifier.
 INSTRUCTIONS["grounding"] = INSTRUCTIONS["identify"]
 
+# PFMVG section 2.2: stage 1 asks for a caption with "a randomly selected question from an
+# instruction pool"; stage 2 combines a grounding question from a pool with the MS-CXR label text
+# ("[refer] [Instruction] [label text]"). Training draws from the pools; evaluation and
+# prediction use the first phrasing, so a test prompt is a deterministic function of the sample.
+CAPTION_INSTRUCTIONS: tuple[str, ...] = (
+    "Briefly describe this medical image.",
+    "Write a short caption for this image.",
+    "Describe the findings shown in this radiograph.",
+    "What does this image show? Answer in one or two sentences.",
+    "Give a concise description of the image.",
+    "Summarize the key observations of this image.",
+)
+#: ``{}`` is replaced by the label text (the phrase to ground).
+REFER_INSTRUCTIONS: tuple[str, ...] = (
+    "Give the bounding box of the region described by: {}",
+    "Where is the following finding in this image? {}",
+    "Locate the area that this phrase refers to: {}",
+    "Please output the location of {}",
+    "Which region of the chest radiograph shows {}?",
+    "Find the bounding box for this description: {}",
+)
+INSTRUCTIONS["caption"] = CAPTION_INSTRUCTIONS[0]
+
 LOCAL_PREFIX = "Local diseases of this chest radiograph are "
 GLOBAL_PREFIX = "Global diseases of this chest radiograph are "
 NO_LOCAL_FINDINGS = "The chest radiograph shows no findings."
@@ -42,6 +65,24 @@ BOX_DELIM = "<delim>"
 def prompt_suffix(task: str, instruction: str | None = None) -> str:
     """Text after the image embeddings, e.g. ``</Img> [identify] Please describe ... [/INST]``."""
     return PROMPT_SUFFIX.format(task=f"[{task}]", instruction=instruction or INSTRUCTIONS[task])
+
+
+def refer_instruction(label_text: str, choice: int = 0) -> str:
+    """The ``[refer]`` instruction: phrasing ``choice`` of :data:`REFER_INSTRUCTIONS` with the
+    label text filled in (surrounding whitespace and a final period of the text dropped)."""
+    text = " ".join(str(label_text).split()).rstrip(".")
+    if not text:
+        raise ValueError("a [refer] instruction needs a non-empty label text")
+    return REFER_INSTRUCTIONS[choice].format(text)
+
+
+def refer_answer(grid_boxes: Iterable[Sequence[int]]) -> str:
+    """Grid boxes -> the ``[refer]`` answer ``{<x1><y1><x2><y2>}<delim>{...}``: every box of the
+    phrase, sorted (left to right, then top to bottom), joined with :data:`BOX_DELIM`."""
+    boxes = sorted(tuple(int(v) for v in b) for b in grid_boxes)
+    if not boxes:
+        raise ValueError("a [refer] answer needs at least one box")
+    return BOX_DELIM.join(format_box(b) for b in boxes)
 
 
 def identify_answer(findings: Iterable[tuple[str, Sequence[int]]]) -> str:

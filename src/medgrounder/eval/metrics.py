@@ -14,7 +14,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from medgrounder.data.boxes import from_grid, iou, to_grid
-from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS, NO_FINDING
+from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS, MSCXR_CATEGORIES, NO_FINDING
 from medgrounder.eval.parse import parse_identify, parse_vqa
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "gt_findings",
     "localization_accuracy",
     "mean_box_baseline",
+    "mscxr_mean_box_baseline",
     "mscxr_refer_metrics",
     "mscxr_sample_scores",
     "multilabel_report",
@@ -274,16 +275,6 @@ def mean_box_baseline(
 
 
 # --------------------------------------------------------------------------------- MS-CXR
-MSCXR_CATEGORIES = (
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Atelectasis",
-    "Edema",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Pleural Effusion",
-)
 
 
 def _pixel_boxes(boxes: Iterable[Sequence]) -> list[tuple[float, float, float, float]]:
@@ -372,3 +363,30 @@ def mscxr_refer_metrics(rows: Sequence[Mapping], categories: Sequence[str] = MSC
         j = 1 if k == "iou" else 2
         out[f"{k}/weighted"] = float(np.mean([s[j] for s in every])) if every else 0.0
     return out
+
+
+def mscxr_mean_box_baseline(train_boxes: Iterable[tuple[str, Sequence[int]]], rows: Sequence[Mapping],
+                            categories: Sequence[str] = MSCXR_CATEGORIES) -> dict:
+    """Category-prior grounding baseline reported beside the model (PFMVG's task).
+
+    Every test row is answered with one box, the mean 0-100 grid box of its category over
+    ``train_boxes`` (``(category, grid box)`` pairs, rounded half up), or of all training boxes
+    for a category not seen in training; scored by :func:`mscxr_refer_metrics`. The phrase's
+    category is given for free, so this measures "where does this finding usually sit"."""
+    from medgrounder.data.prompts import refer_answer
+
+    by_cat: dict[str, list[Sequence[int]]] = defaultdict(list)
+    every: list[Sequence[int]] = []
+    for c, box in train_boxes:
+        by_cat[c].append(box)
+        every.append(box)
+    if not every:
+        raise ValueError("mscxr_mean_box_baseline needs at least one training box")
+
+    def mean(boxes: list[Sequence[int]]) -> tuple[int, ...]:
+        return tuple(int(np.floor(v + 0.5)) for v in np.mean(np.asarray(boxes, float), axis=0))
+
+    fallback = mean(every)
+    answers = {c: refer_answer([mean(b)]) for c, b in by_cat.items()}
+    baseline_rows = [{**row, "prediction": answers.get(str(row["category"]), refer_answer([fallback]))} for row in rows]
+    return mscxr_refer_metrics(baseline_rows, categories)

@@ -12,14 +12,27 @@ from functools import lru_cache
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
+from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS, MSCXR_CATEGORIES
 from medgrounder.data.prompts import (
+    CAPTION_INSTRUCTIONS,
     GLOBAL_PREFIX,
     INSTRUCTIONS,
     LOCAL_PREFIX,
     NO_LOCAL_FINDINGS,
     PROMPT_PREFIX,
+    REFER_INSTRUCTIONS,
     prompt_suffix,
+    refer_instruction,
+)
+
+# Report words of MS-CXR phrases and the caption corpora (locations, qualifiers, findings).
+REPORT_WORDS = (
+    "right left bilateral upper mid lower apical basilar lobe lung lungs base bases zone heart cardiac "
+    "silhouette enlarged enlargement moderate small large mild severe dense patchy hazy focal multifocal "
+    "subsegmental interstitial pulmonary pleural effusion fluid opacity opacities consolidation atelectasis "
+    "edema pneumonia pneumothorax cardiomegaly consistent with concerning for in the of and is are there "
+    "no acute abnormality abnormalities normal clear chest x-ray radiograph showing demonstrating findings "
+    "impression process cardiopulmonary cardiomediastinal photograph skin"
 )
 
 SPECIAL = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
@@ -28,6 +41,10 @@ SPECIAL = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_t
 def _corpus() -> list[str]:
     lines = [PROMPT_PREFIX, LOCAL_PREFIX, GLOBAL_PREFIX, NO_LOCAL_FINDINGS]
     lines += [prompt_suffix(task) for task in INSTRUCTIONS]
+    lines += [prompt_suffix("caption", c) for c in CAPTION_INSTRUCTIONS]
+    lines += [prompt_suffix("refer", refer_instruction("right lower pleural effusion", k))
+              for k in range(len(REFER_INSTRUCTIONS))]
+    lines += [" ".join(MSCXR_CATEGORIES).lower(), REPORT_WORDS, REPORT_WORDS.capitalize()]
     lines += [f"<p>{name}</p> {{<12><34><56><78>}}<delim>{{<90><100><0><5>}}," for name in LOCAL_LABELS]
     lines += [", ".join(GLOBAL_LABELS) + "."]
     # Words later tasks use (MS-CXR phrases, captions) so the tiny vocabulary covers them.

@@ -36,18 +36,38 @@ log = logging.getLogger(__name__)
 
 
 def coverage_targets(findings: Sequence[tuple[str, Sequence[float]]], width: float, height: float,
-                     side: int) -> np.ndarray:
-    """``[(class, pixel box), ...]`` -> ``[side * side, 22]``: the fraction of each patch (raster
-    order, as the towers emit tokens) that each class's boxes cover (the largest box wins)."""
-    out = np.zeros((side, side, len(LOCAL_LABELS)), dtype=np.float32)
+                     side: int, classes: Sequence[str] = LOCAL_LABELS) -> np.ndarray:
+    """``[(class, pixel box), ...]`` -> ``[side * side, len(classes)]`` (default the 22 VinDr
+    local labels): the fraction of each patch (raster order, as the towers emit tokens) that each
+    class's boxes cover (the largest box wins)."""
+    index = LOCAL_INDEX if classes is LOCAL_LABELS else {c: i for i, c in enumerate(classes)}
+    out = np.zeros((side, side, len(classes)), dtype=np.float32)
     cells = np.arange(side, dtype=np.float32)
     for name, (x1, y1, x2, y2) in findings:
         gx1, gx2 = x1 / width * side, x2 / width * side
         gy1, gy2 = y1 / height * side, y2 / height * side
         ox = np.clip(np.minimum(cells + 1, gx2) - np.maximum(cells, gx1), 0, 1)
         oy = np.clip(np.minimum(cells + 1, gy2) - np.maximum(cells, gy1), 0, 1)
-        c = LOCAL_INDEX[name]
+        c = index[name]
         out[:, :, c] = np.maximum(out[:, :, c], oy[:, None] * ox[None, :])
+    return out.reshape(side * side, -1)
+
+
+def box_targets(findings: Sequence[tuple[str, Sequence[float]]], width: float, height: float,
+                side: int, classes: Sequence[str] = LOCAL_LABELS) -> np.ndarray:
+    """``[(class, pixel box), ...]`` -> ``[side * side, len(classes) * 4]``: for each patch (raster
+    order) whose centre lies in a box of class ``c``, that box as fractions of the image
+    ``(x1, y1, x2, y2)`` in the four channels of ``c``; zeros elsewhere (the smallest box wins where
+    boxes of a class overlap). Dense box regression, as one-stage detectors pretrain their
+    features (e.g. FCOS), per class, so that even the mean over an image's tokens says where each
+    finding is (its box times its area)."""
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.zeros((side, side, len(classes), 4), dtype=np.float32)
+    centres = (np.arange(side, dtype=np.float32) + 0.5) / side
+    for name, (x1, y1, x2, y2) in sorted(findings, key=lambda f: -(f[1][2] - f[1][0]) * (f[1][3] - f[1][1])):
+        fx1, fy1, fx2, fy2 = x1 / width, y1 / height, x2 / width, y2 / height
+        inside = ((centres >= fy1) & (centres < fy2))[:, None] & ((centres >= fx1) & (centres < fx2))[None, :]
+        out[inside, index[name]] = (fx1, fy1, fx2, fy2)
     return out.reshape(side * side, -1)
 
 
@@ -57,17 +77,26 @@ def towers_of(encoder: nn.Module) -> list[nn.Module]:
 
 def pretrain_towers(encoder: nn.Module, images: torch.Tensor, records: Sequence, steps: int,
                     lr: float = 3e-3, warmup_steps: int = 50, weight_decay: float = 0.05,
-                    batch_size: int = 32, seed: int = 0) -> list[float]:
+                    batch_size: int = 32, seed: int = 0, classes: Sequence[str] = LOCAL_LABELS,
+                    box_weight: float = 0.0) -> list[float]:
     """Train every tower of ``encoder`` in place on ``images`` (uint8 ``[N, S, S]``) and their
-    ``records`` (``findings``, ``width``, ``height``). AdamW, linear warm-up then cosine decay.
-    Returns the loss of each step."""
+    ``records`` (``findings`` over ``classes``, ``width``, ``height``). AdamW, linear warm-up then
+    cosine decay. Returns the loss of each step.
+
+    ``box_weight > 0`` adds dense per-class box regression (:func:`box_targets`, squared error
+    summed over the channels, averaged over patches, times ``box_weight``): the stand-in for towers
+    that were pretrained to localise (the grounding experiments start from MiniGPT-v2, which
+    already grounds objects)."""
     towers = towers_of(encoder)
     sides = [math.isqrt(t.num_tokens) for t in towers]
-    targets = [torch.from_numpy(np.stack([coverage_targets(r.findings, r.width, r.height, s) for r in records]))
-               for s in sides]
+    targets = [torch.from_numpy(np.stack([coverage_targets(r.findings, r.width, r.height, s, classes)
+                                          for r in records])) for s in sides]
+    boxes = [torch.from_numpy(np.stack([box_targets(r.findings, r.width, r.height, s, classes) for r in records]))
+             for s in sides] if box_weight > 0 else None
     gen = torch.Generator().manual_seed(seed)
-    heads = nn.ModuleList([nn.Linear(t.width, len(LOCAL_LABELS)) for t in towers])
-    params = [*heads.parameters(), *encoder.parameters()]
+    heads = nn.ModuleList([nn.Linear(t.width, len(classes)) for t in towers])
+    box_heads = nn.ModuleList([nn.Linear(t.width, 4 * len(classes)) for t in towers])
+    params = [*heads.parameters(), *encoder.parameters(), *(box_heads.parameters() if boxes else [])]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
     def factor(step: int) -> float:
@@ -87,8 +116,13 @@ def pretrain_towers(encoder: nn.Module, images: torch.Tensor, records: Sequence,
         idx = order[pos : pos + batch_size]
         pos += batch_size
         x = images_to_float(images[idx])
-        loss = sum(nn.functional.binary_cross_entropy_with_logits(head(tower(x)), tgt[idx])
-                   for tower, head, tgt in zip(towers, heads, targets, strict=True))
+        loss = 0.0
+        for k, (tower, head, tgt) in enumerate(zip(towers, heads, targets, strict=True)):
+            feats = tower(x)
+            loss = loss + nn.functional.binary_cross_entropy_with_logits(head(feats), tgt[idx])
+            if boxes is not None:  # squared error per box coordinate, summed over classes
+                err = (box_heads[k](feats) - boxes[k][idx]) ** 2
+                loss = loss + box_weight * err.sum(-1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -117,10 +151,13 @@ def load_or_pretrain(encoder: nn.Module, data: Callable[[], Any], settings: dict
         log.info("pretrained tiny towers: %s", path)
     else:
         datamodule = data()
-        samples = datamodule.samples("train", "vqa")  # every training image, with or without findings
-        index = torch.tensor([s.index for s in samples])
-        losses = pretrain_towers(encoder, datamodule.images["train"][index], [s.record for s in samples],
-                                 seed=seed, **settings)
+        if hasattr(datamodule, "tower_pretraining_data"):  # MS-CXR (alone or in a multi-task datamodule)
+            images, records, classes = datamodule.tower_pretraining_data()
+        else:  # VinDr: every training image, with or without findings
+            samples = datamodule.samples("train", "vqa")
+            images = datamodule.images["train"][torch.tensor([s.index for s in samples])]
+            records, classes = [s.record for s in samples], LOCAL_LABELS
+        losses = pretrain_towers(encoder, images, records, seed=seed, classes=classes, **settings)
         log.info("tiny towers pretrained: loss %.4f -> %.4f (mean of the last 50 steps)",
                  float(np.mean(losses[:10])), float(np.mean(losses[-50:])))
         path.parent.mkdir(parents=True, exist_ok=True)

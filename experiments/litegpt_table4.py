@@ -1,0 +1,16 @@
+"""LiteGPT Table 4: text metrics of the [identify] answers (sweep shared with tables 1-3, 5).
+
+    python experiments/litegpt_table4.py                  # run the sweep, print and save the table
+    python experiments/litegpt_table4.py --scale tiny -- OVERRIDES   # tiny scale, runs on a CPU
+    python experiments/litegpt_table4.py --runs DIR       # assemble from an existing sweep
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from campaign import main
+
+if __name__ == "__main__":
+    main("litegpt_table4", sys.argv[1:])

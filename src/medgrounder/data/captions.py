@@ -1,0 +1,444 @@
+"""Caption corpora of PFMVG stage 1 (ROCO, ImageCLEF 2022, MIMIC-CXR reports) and their
+weighted mixture as ``[caption]`` batches.
+
+Each corpus is a *source* (a Hydra ``_target_``) that lists ``(image, caption)`` records per split
+``train | val | test`` from its official layout (design section 5):
+
+- :class:`RocoCaptions`: ``<root>/data/{train,validation,test}/<subset>/captions.txt`` (TAB: id,
+  caption) with ``images/<id>.jpg`` beside it; PFMVG uses the ``radiology`` subset.
+- :class:`ImageCLEF2022Captions`: ``<root>/caption_prediction_{train,valid}.csv`` (TAB, header
+  ``ID caption``) with ``{train,valid}/<ID>.jpg``. The test captions were never released, so
+  ``test`` is the ``valid`` file and ``val`` a seeded fraction of ``train``.
+- :class:`MimicReports`: MIMIC-CXR-JPG's split csv (``dicom_id, study_id, subject_id, split``;
+  ``validate`` is val), the images ``files/pXX/pXXXXXXXX/sYYYYYYYY/<dicom_id>.jpg`` and
+  MIMIC-CXR's free-text reports ``files/pXX/pXXXXXXXX/sYYYYYYYY.txt``, whose ``sections``
+  (default FINDINGS and IMPRESSION) joined are the caption; images whose report has none of them
+  are skipped.
+
+:class:`CaptionDataModule` samples the training sources in proportion to their ``weight``
+(:class:`MixtureSampler`); each training item is a random crop with an instruction drawn from
+:data:`~medgrounder.data.prompts.CAPTION_INSTRUCTIONS`. Evaluation views whole images with the
+pool's first instruction. Images are read lazily (the corpora are large).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import re
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from medgrounder.data.collate import PromptCollator
+from medgrounder.data.prompts import CAPTION_INSTRUCTIONS, PROMPT_PREFIX, prompt_suffix
+from medgrounder.data.views import (
+    CropSettings,
+    View,
+    item_rng,
+    read_square_gray,
+    render_view,
+    sample_crop,
+    to_tensor,
+)
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    id: str
+    image: str  # the image file
+    caption: str
+    source: str
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _seeded_fraction(n: int, fraction: float, seed: int) -> set[int]:
+    k = round(n * fraction)
+    return set(np.random.default_rng(seed).permutation(n)[:k].tolist())
+
+
+class CaptionSource:
+    """A corpus: ``records(split)`` for ``train | val | test``. ``weight`` scales its share of
+    the mixture relative to plain concatenation: a source is drawn with probability
+    proportional to ``weight x`` its number of training records (1.0 everywhere: every record
+    equally likely; 2.0: this corpus twice as often per record)."""
+
+    name = "source"
+
+    def __init__(self, root: str, weight: float = 1.0):
+        if weight < 0:
+            raise ValueError(f"{type(self).__name__}: weight must be >= 0, got {weight}")
+        self.root = Path(root)
+        self.weight = float(weight)
+
+    def records(self, split: str) -> list[CaptionRecord]:
+        raise NotImplementedError
+
+    def _check_split(self, split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+class RocoCaptions(CaptionSource):
+    """ROCO (Pelka et al. 2018), ``subset`` ``radiology`` (PFMVG) or ``non-radiology``."""
+
+    name = "roco"
+    FOLDERS: ClassVar[dict[str, str]] = {"train": "train", "val": "validation", "test": "test"}
+
+    def __init__(self, root: str, subset: str = "radiology", weight: float = 1.0):
+        super().__init__(root, weight)
+        if subset not in ("radiology", "non-radiology"):
+            raise ValueError(f"ROCO subset must be 'radiology' or 'non-radiology', got {subset!r}")
+        self.subset = subset
+
+    def records(self, split: str) -> list[CaptionRecord]:
+        self._check_split(split)
+        folder = self.root / "data" / self.FOLDERS[split] / self.subset
+        path = folder / "captions.txt"
+        if not path.is_file():
+            raise FileNotFoundError(f"ROCO captions {path} do not exist (expected <root>/data/"
+                                    f"{{train,validation,test}}/{self.subset}/captions.txt)")
+        out = []
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            if "\t" not in line:
+                raise ValueError(f"{path}:{line_no}: expected 'ID<TAB>caption', got {line[:80]!r}")
+            rid, caption = line.split("\t", 1)
+            rid, caption = rid.strip(), _clean(caption)
+            if not rid or not caption:
+                raise ValueError(f"{path}:{line_no}: empty id or caption")
+            out.append(CaptionRecord(rid, str(folder / "images" / f"{rid}.jpg"), caption, self.name))
+        return out
+
+
+class ImageCLEF2022Captions(CaptionSource):
+    """ImageCLEFmedical 2022 caption prediction (Rückert et al. 2022)."""
+
+    name = "clef2022"
+
+    def __init__(self, root: str, weight: float = 1.0, val_fraction: float = 0.05, seed: int = 0):
+        super().__init__(root, weight)
+        self.val_fraction = val_fraction
+        self.seed = seed
+
+    def _read(self, part: str) -> list[CaptionRecord]:
+        path = self.root / f"caption_prediction_{part}.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"ImageCLEF 2022 captions {path} do not exist")
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            missing = [c for c in ("ID", "caption") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (a TAB-separated file with header "
+                                 f"'ID<TAB>caption'; got {reader.fieldnames})")
+            out = []
+            for line_no, row in enumerate(reader, start=2):
+                cid, caption = (row["ID"] or "").strip(), _clean(row["caption"] or "")
+                if not cid or not caption:
+                    raise ValueError(f"{path}:{line_no}: empty ID or caption")
+                out.append(CaptionRecord(cid, str(self.root / part / f"{cid}.jpg"), caption, self.name))
+        return out
+
+    def records(self, split: str) -> list[CaptionRecord]:
+        self._check_split(split)
+        if split == "test":
+            return self._read("valid")
+        train = self._read("train")
+        held = _seeded_fraction(len(train), self.val_fraction, self.seed)
+        return [r for i, r in enumerate(train) if (i in held) == (split == "val")]
+
+
+_HEADER_RE = re.compile(r"^\s*([A-Z][A-Z /&()-]*[A-Z)]):", re.MULTILINE)
+
+
+def report_sections(text: str) -> dict[str, str]:
+    """A MIMIC-CXR free-text report -> ``{section name (lower case): text}`` for every
+    ``UPPER CASE:`` header at the start of a line (text up to the next header, whitespace
+    collapsed; a repeated header keeps the first)."""
+    heads = list(_HEADER_RE.finditer(text))
+    out: dict[str, str] = {}
+    for k, m in enumerate(heads):
+        end = heads[k + 1].start() if k + 1 < len(heads) else len(text)
+        out.setdefault(m.group(1).strip().lower(), _clean(text[m.end() : end]))
+    return out
+
+
+class MimicReports(CaptionSource):
+    """MIMIC-CXR reports with MIMIC-CXR-JPG images (Johnson et al. 2019)."""
+
+    name = "mimic"
+    SPLIT_NAMES: ClassVar[dict[str, str]] = {"train": "train", "validate": "val", "val": "val", "test": "test"}
+
+    def __init__(self, root: str, image_root: str | None = None, reports_root: str | None = None,
+                 split_csv: str = "mimic-cxr-2.0.0-split.csv", sections: Sequence[str] = ("findings", "impression"),
+                 one_per_study: bool = False, weight: float = 1.0):
+        super().__init__(root, weight)
+        self.image_root = Path(image_root or root)
+        self.reports_root = Path(reports_root or root)
+        self.split_csv = self.root / split_csv
+        self.sections = tuple(s.lower() for s in sections)
+        if not self.sections:
+            raise ValueError("MimicReports needs at least one report section")
+        self.one_per_study = one_per_study
+        self._rows: list[tuple[str, str, str, str]] | None = None
+
+    def _split_rows(self) -> list[tuple[str, str, str, str]]:
+        if self._rows is None:
+            path = self.split_csv
+            if not path.is_file() and path.with_name(path.name + ".gz").is_file():
+                path = path.with_name(path.name + ".gz")  # as PhysioNet ships it
+            if not path.is_file():
+                raise FileNotFoundError(f"MIMIC-CXR-JPG split csv {self.split_csv} does not exist")
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt", newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                need = ("dicom_id", "study_id", "subject_id", "split")
+                missing = [c for c in need if c not in (reader.fieldnames or [])]
+                if missing:
+                    raise ValueError(f"{self.split_csv}: missing column(s) {', '.join(missing)}")
+                rows = []
+                for line_no, row in enumerate(reader, start=2):
+                    split = self.SPLIT_NAMES.get((row["split"] or "").strip())
+                    if split is None:
+                        raise ValueError(f"{self.split_csv}:{line_no}: split {row['split']!r} is not one of "
+                                         f"{sorted(self.SPLIT_NAMES)}")
+                    rows.append((row["dicom_id"].strip(), row["study_id"].strip(), row["subject_id"].strip(), split))
+            self._rows = rows
+        return self._rows
+
+    def caption(self, report: str) -> str | None:
+        """The configured sections of a report, joined (None when it has none of them)."""
+        found = report_sections(report)
+        parts = [found[s] for s in self.sections if found.get(s)]
+        return " ".join(parts) or None
+
+    def records(self, split: str) -> list[CaptionRecord]:
+        self._check_split(split)
+        out, seen_studies, captions = [], set(), {}
+        for dicom, study, subject, row_split in self._split_rows():
+            if row_split != split or (self.one_per_study and study in seen_studies):
+                continue
+            folder = f"files/p{subject[:2]}/p{subject}/s{study}"
+            if study not in captions:
+                report = self.reports_root / f"{folder}.txt"
+                if not report.is_file():
+                    raise FileNotFoundError(f"MIMIC-CXR report {report} (study {study} of {self.split_csv}) does not "
+                                            "exist: set reports_root to the folder holding files/ of mimic-cxr-reports")
+                captions[study] = self.caption(report.read_text(encoding="utf-8", errors="replace"))
+            if captions[study] is None:
+                continue
+            seen_studies.add(study)
+            out.append(CaptionRecord(dicom, str(self.image_root / folder / f"{dicom}.jpg"), captions[study], self.name))
+        return out
+
+
+class MixtureSampler(Sampler):
+    """``samples_per_epoch`` keys ``(source, index, epoch)``: each slot's source drawn with
+    probability proportional to ``weight x size``, each source's items taken in a seeded
+    permutation (cycled), so every item of a source appears before any repeats. Deterministic in
+    ``(seed, epoch)``."""
+
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float], samples_per_epoch: int, seed: int):
+        w = np.asarray([wt * n for n, wt in zip(sizes, weights, strict=True)], dtype=np.float64)
+        if w.sum() <= 0:
+            raise ValueError(f"no caption source has training samples and a positive weight (sizes {list(sizes)}, "
+                             f"weights {list(weights)})")
+        self.sizes = list(sizes)
+        self.p = w / w.sum()
+        self.samples_per_epoch = samples_per_epoch
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        epoch = self.epoch
+        self.epoch += 1
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        picks = rng.choice(len(self.sizes), self.samples_per_epoch, p=self.p)
+        orders = [rng.permutation(n) if n else np.zeros(0, int) for n in self.sizes]
+        used = [0] * len(self.sizes)
+        keys = []
+        for s in picks:
+            keys.append((int(s), int(orders[s][used[s] % self.sizes[s]]), epoch))
+            used[s] += 1
+        return iter(keys)
+
+
+class CaptionDataset(Dataset):
+    """``[caption]`` items. Training keys ``(source, index, epoch)`` (random crop and
+    instruction from ``(seed, epoch, source, index)``); evaluation keys ``(source, index)`` or a
+    flat index (whole image, the pool's first instruction)."""
+
+    def __init__(self, records: list[list[CaptionRecord]], image_size: int, train: bool,
+                 crop: CropSettings | None, seed: int, cache_size: int | None = None):
+        self.records = records
+        self.flat = [(s, i) for s, recs in enumerate(records) for i in range(len(recs))]
+        self.image_size = image_size
+        self.cache_size = cache_size or image_size
+        self.train = train
+        self.crop = crop
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.flat)
+
+    def __getitem__(self, key) -> dict:
+        if isinstance(key, tuple) and len(key) == 3:
+            source, index, epoch = key
+        else:
+            (source, index), epoch = (key if isinstance(key, tuple) else self.flat[key]), None
+        r = self.records[source][index]
+        rng = item_rng(self.seed, epoch, index, salt=source + 1) if self.train and epoch is not None else None
+        try:
+            cache, width, height = read_square_gray(r.image, self.cache_size)
+        except (OSError, ValueError) as e:
+            raise OSError(f"{r.source} image {r.image} (record {r.id}) cannot be read: {e}") from e
+        view = sample_crop(rng, width, height, self.crop) if rng is not None and self.crop else View.full(width, height)
+        instruction = CAPTION_INSTRUCTIONS[int(rng.integers(len(CAPTION_INSTRUCTIONS))) if rng is not None else 0]
+        return {
+            "image": to_tensor(render_view(cache, width, height, view, self.image_size)),
+            "task": "caption",
+            "instruction": instruction,
+            "answer": r.caption,
+            "meta": {
+                "id": f"{r.source}:{r.id}",
+                "image_id": r.id,
+                "task": "caption",
+                "source": r.source,
+                "prompt": f"{PROMPT_PREFIX}<ImageHere>{prompt_suffix('caption', instruction)}",
+                "reference": r.caption,
+                "image_width": width,
+                "image_height": height,
+            },
+        }
+
+
+class CaptionDataModule(L.LightningDataModule):
+    """The weighted mixture of caption ``sources`` (see the module docstring).
+
+    ``sources``: ``{name: CaptionSource}`` (Hydra instantiates them); ``samples_per_epoch``:
+    training items per epoch (default: the training records of all sources); ``eval_limit``:
+    at most this many val / test items per source (a seeded subset; ``null``: all); ``crop``:
+    :class:`CropSettings` fields for training views; ``synth``:
+    :func:`medgrounder.synth.synth_captions` arguments, to write the synthetic corpora at ``root``
+    on first use (the sources then point inside it).
+    """
+
+    tasks = ("caption",)
+
+    def __init__(
+        self,
+        sources: Mapping[str, CaptionSource],
+        tokenizer=None,
+        root: str | None = None,
+        image_size: int = 448,
+        cache_size: int | None = None,
+        batch_size: int = 2,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        samples_per_epoch: int | None = None,
+        eval_limit: int | None = None,
+        crop: dict | None = None,
+        seed: int = 0,
+        synth: dict | None = None,
+        task: str = "caption",
+    ):
+        super().__init__()
+        if not sources:
+            raise ValueError("CaptionDataModule needs at least one source")
+        self.sources = dict(sources)
+        self.tokenizer = tokenizer
+        self.root = root
+        self.image_size = image_size
+        self.cache_size = cache_size or image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.samples_per_epoch = samples_per_epoch
+        self.eval_limit = eval_limit
+        self.crop = CropSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(crop).items()}) if crop else None
+        self.seed = seed
+        self.synth = dict(synth) if synth else None
+        self.set_task(task)
+        self.records: dict[str, list[list[CaptionRecord]]] = {}
+
+    def set_task(self, task: str) -> None:
+        if task not in self.tasks:
+            raise ValueError(f"the caption corpora serve the task(s) {self.tasks}, got {task!r}")
+        self.task = task
+
+    def prepare_data(self) -> None:
+        if not self.synth or self.root is None or Path(self.root).is_dir():
+            return
+        from medgrounder.synth import synth_captions
+
+        root = Path(self.root)
+        tmp = root.with_name(root.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        synth_captions(tmp, **self.synth)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.records:
+            return
+        for split in SPLITS:
+            per_source = []
+            for name, source in self.sources.items():
+                recs = source.records(split)
+                if split != "train" and self.eval_limit is not None and len(recs) > self.eval_limit:
+                    keep = sorted(np.random.default_rng([self.seed, 2]).permutation(len(recs))[: self.eval_limit])
+                    recs = [recs[i] for i in keep]
+                missing = [r.image for r in recs[:200] if not Path(r.image).is_file()]
+                if missing:
+                    raise FileNotFoundError(f"caption source {name} ({split}): {len(missing)} of the first "
+                                            f"{min(len(recs), 200)} images are missing, e.g. {missing[:3]}")
+                per_source.append(recs)
+            self.records[split] = per_source
+        log.info("captions: %s", {name: "/".join(str(len(self.records[sp][k])) for sp in SPLITS)
+                                  for k, name in enumerate(self.sources)})
+
+    def dataset(self, split: str, task: str | None = None) -> CaptionDataset:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        train = split == "train"
+        return CaptionDataset(self.records[split], self.image_size, train, self.crop if train else None, self.seed,
+                              self.cache_size)
+
+    def mixture_sampler(self) -> MixtureSampler:
+        sizes = [len(r) for r in self.records["train"]]
+        n = self.samples_per_epoch or sum(sizes)
+        return MixtureSampler(sizes, [s.weight for s in self.sources.values()], n, self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset("train"), batch_size=self.batch_size, sampler=self.mixture_sampler(),
+                          num_workers=self.num_workers, collate_fn=PromptCollator(self.tokenizer), drop_last=True)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.eval_batch_size, shuffle=False,
+                          num_workers=self.num_workers, collate_fn=PromptCollator(self.tokenizer))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self, task: str | None = None) -> DataLoader:
+        return self._eval_loader("test")
