@@ -198,3 +198,17 @@ def _rebuild_from_checkpoint(out: Path, metrics: dict, rows: list[dict]) -> None
 def _image_of(out: Path, image_id: str) -> str:
     cfg = OmegaConf.create(torch.load(out / "checkpoints" / "refer.pt", weights_only=False)["config"])
     return next(str(p) for p in Path(cfg.data.tasks.refer.image_root).rglob(f"{image_id}.jpg"))
+
+
+@pytest.mark.parametrize("preset", ["mscxr", "captions", "pfmvg", "synthetic_mscxr", "synthetic_pfmvg"])
+def test_pfmvg_data_presets_compose_at_both_scales(preset, tmp_path):
+    for scale in ("full", "tiny"):
+        cfg = compose_train([f"data={preset}", f"scale={scale}", f"paths.output_dir={tmp_path}",
+                             "paths.data_dir=/data"])
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        parts = data["tasks"].values() if "tasks" in data else [data]
+        for part in parts:
+            synthetic = scale == "tiny" or preset.startswith("synthetic")
+            assert bool(part["synth"]) == synthetic, (scale, part["_target_"])
+            roots = [s["root"] for s in part["sources"].values()] if "sources" in part else [part["root"]]
+            assert all(r.startswith("/data/synthetic_") == synthetic for r in roots), roots
