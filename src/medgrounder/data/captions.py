@@ -381,7 +381,9 @@ class CaptionDataModule(L.LightningDataModule):
         self.set_task(task)
         self.records: dict[str, list[list[CaptionRecord]]] = {}
 
-    def set_task(self, task: str) -> None:
+    def set_task(self, task: str, iters_per_epoch: int | None = None) -> None:
+        if iters_per_epoch is not None:  # the stream sampler with a resumable position is VinDr's
+            raise ValueError("stage iters_per_epoch is not supported for the caption corpora (set it to null)")
         if task not in self.tasks:
             raise ValueError(f"the caption corpora serve the task(s) {self.tasks}, got {task!r}")
         self.task = task

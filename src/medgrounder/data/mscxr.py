@@ -321,7 +321,9 @@ class MSCXRDataModule(L.LightningDataModule):
         self.image_index: dict[str, int] = {}
         self.cache: np.ndarray | None = None
 
-    def set_task(self, task: str) -> None:
+    def set_task(self, task: str, iters_per_epoch: int | None = None) -> None:
+        if iters_per_epoch is not None:  # the stream sampler with a resumable position is VinDr's
+            raise ValueError("stage iters_per_epoch is not supported for MS-CXR (set it to null)")
         if task not in self.tasks:
             raise ValueError(f"MS-CXR serves the task(s) {self.tasks}, got {task!r}")
         self.task = task

@@ -42,11 +42,11 @@ class MultiTaskDataModule(L.LightningDataModule):
     def current(self) -> L.LightningDataModule:
         return self.modules[self.task]
 
-    def set_task(self, task: str) -> None:
+    def set_task(self, task: str, iters_per_epoch: int | None = None) -> None:
         if task not in self.modules:
             raise ValueError(f"no data configured for task {task!r} (data.tasks has {sorted(self.modules)})")
         self.task = task
-        self.modules[task].set_task(task)
+        self.modules[task].set_task(task, iters_per_epoch)
 
     def prepare_data(self) -> None:
         for dm in self._unique():
