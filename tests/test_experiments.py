@@ -35,7 +35,7 @@ def test_the_issue_s_experiments_are_all_there():
 
 def _arithmetic(cfg) -> dict:
     """Image size, tokens per tower, merge and visual tokens, towers built on the meta device."""
-    from medgrounder.models.fusion import merged_token_count
+    from medgrounder.models.fusion import merged_token_count, resolve_merge
     from medgrounder.summary import _without_weights
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
@@ -43,8 +43,9 @@ def _arithmetic(cfg) -> dict:
         encoder = instantiate(_without_weights(model["encoder"]))
     towers = list(encoder.towers) if hasattr(encoder, "towers") else [encoder]
     tokens = [t.num_tokens for t in towers]
-    return {"image_size": model["image_size"], "tokens_per_tower": tokens, "merge": (model["merge"], model["merge_mode"]),
-            "visual_tokens": merged_token_count(tokens, model["merge"], model["merge_mode"]),
+    merge = resolve_merge(model["merge"], tokens, model.get("visual_tokens"))
+    return {"image_size": model["image_size"], "tokens_per_tower": tokens, "merge": (merge, model["merge_mode"]),
+            "visual_tokens": merged_token_count(tokens, merge, model["merge_mode"]),
             "projector_layers": 1 if model["projector"].get("hidden") is None else 2,
             "widths": [t.width for t in towers], "llm": model["llm"], "init_from": model.get("init_from")}
 
