@@ -2,8 +2,12 @@
 
 The tiny tokenizer is a byte-level BPE trained on the suite's own prompt and answer vocabulary
 (instructions, label names, box syntax). Like Llama-2's SentencePiece model it splits every
-digit into its own token, so ``<38>`` costs the model the same steps at both scales. It is
-trained from a fixed corpus, so every run gets the same ids.
+digit into its own token, so ``<38>`` costs the model the same steps at both scales. Unlike it,
+merges may cross spaces, so a fixed phrase of the template (a task's instruction, ``<p>Nodule/Mass</p>
+{<``) becomes one token: the tiny LLM reads the same text at about half the positions (an
+``[identify]`` sample is ~80 tokens instead of ~145), which is what its steps per minute on a CPU
+depend on; free text (phrases, captions) still splits into sub-words. It is trained from a
+fixed corpus, so every run gets the same ids.
 """
 
 from __future__ import annotations
@@ -53,12 +57,13 @@ def _corpus() -> list[str]:
 
 
 @lru_cache(maxsize=4)
-def build_tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [pre_tokenizers.Digits(individual_digits=True),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]  # no split at spaces
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -71,7 +76,7 @@ def build_tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
 
 
-def load_tokenizer(pretrained: str | None = None, vocab_size: int = 1024) -> PreTrainedTokenizerBase:
+def load_tokenizer(pretrained: str | None = None, vocab_size: int = 2048) -> PreTrainedTokenizerBase:
     """``pretrained``: hub id or local directory (Llama-2's tokenizer); ``None``: the tiny one."""
     if pretrained is None:
         return build_tiny_tokenizer(vocab_size)
