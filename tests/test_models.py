@@ -172,3 +172,34 @@ def test_optimizer_groups_and_schedule():
     f = warmup_cosine(1e-3, 100, 10, 0.0, 1e-5)
     assert f(0) == 0.0 and f(5) == pytest.approx(0.5) and f(10) == pytest.approx(1.0)
     assert f(100) * 1e-3 == pytest.approx(1e-5)
+
+
+def _image_batch(model, n=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    items = [{"image": torch.randint(0, 256, (224, 224), dtype=torch.uint8, generator=gen), "task": "vqa",
+              "answer": vqa_answer(["Pneumonia"]), "meta": {}} for _ in range(n)]
+    return PromptCollator(model.tokenizer)(items)
+
+
+def test_frozen_feature_cache_gives_the_towers_tokens_and_skips_them():
+    model = tiny_vlm()
+    model.cache_frozen_features = True
+    batch = _image_batch(model)
+    args = (batch["images"], batch["text_ids"], batch["text_mask"], batch["text_labels"])
+    plain = model(*args, batch["image_keys"]).item()  # nothing cached yet: through the towers
+    images = (batch["images"][:, 0] * 255).round().to(torch.uint8)
+    model.cache_features(images, batch_size=2)
+    calls = []
+    model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    assert model(*args, batch["image_keys"]).item() == pytest.approx(plain, abs=1e-5)
+    assert not calls  # every image cached: the towers are skipped
+    other = _image_batch(model, seed=1)  # images never cached: computed
+    model(other["images"], other["text_ids"], other["text_mask"], other["text_labels"], other["image_keys"])
+    assert calls == [1]
+
+
+def test_feature_cache_is_off_when_the_towers_train():
+    torch.manual_seed(0)
+    model = VisionLanguageModel(tiny_pair(), dict(TINY_LLM), projector={"hidden": 24}, encoder_train_mode="full",
+                                cache_frozen_features=True)
+    assert not model.cache_frozen_features

@@ -336,6 +336,9 @@ def run(cfg: DictConfig) -> dict:
         datamodule.prepare_data()
     datamodule.setup("fit")
     pretrain_configured_towers(cfg, module, lambda: datamodule)
+    if module.cache_frozen_features and hasattr(datamodule, "fixed_training_images") and \
+            any(p != "done" for p in plan.values()):
+        module.cache_features(datamodule.fixed_training_images())
 
     base_optim = dict(module.optim)
     metrics: dict = {}

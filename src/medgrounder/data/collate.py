@@ -3,6 +3,8 @@ and the prompt alone for generation."""
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from medgrounder.data.prompts import prompt_suffix
@@ -15,6 +17,11 @@ def images_to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
 
 
+def image_digest(image: torch.Tensor) -> bytes:
+    """A 16-byte digest of an image's pixels (the key of the model's frozen-feature cache)."""
+    return hashlib.blake2b(image.contiguous().numpy().data, digest_size=16).digest()
+
+
 class PromptCollator:
     """``[{image: uint8 [S, S], task, answer, meta, instruction?}] -> batch``.
 
@@ -24,7 +31,8 @@ class PromptCollator:
     ``images`` [B, 3, S, S] in [0, 1] (grey replicated to RGB; each tower normalises itself);
     ``text_ids / text_mask / text_labels`` [B, T]: ``</Img> [task] instruction [/INST] answer</s>``,
     right-padded, labels ``-100`` outside the answer; ``prompt_ids / prompt_mask`` [B, T']: the
-    suffix alone, right-padded (generation moves the padding in front of the image).
+    suffix alone, right-padded (generation moves the padding in front of the image);
+    ``image_keys``: :func:`image_digest` of each image.
     """
 
     def __init__(self, tokenizer):
@@ -67,5 +75,6 @@ class PromptCollator:
             "text_labels": text_labels,
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
+            "image_keys": [image_digest(it["image"]) for it in items],
             "meta": [it["meta"] for it in items],
         }

@@ -168,7 +168,7 @@ class VinDrDataModule(L.LightningDataModule):
 
         tmp = root.with_name(root.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        synth_vindr(str(tmp), **self.synth)
+        synth_vindr(str(tmp), **{"workers": self.decode_workers, **self.synth})
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(root)
 
@@ -309,6 +309,11 @@ class VinDrDataModule(L.LightningDataModule):
             log.warning("resuming with a global batch of %d instead of %d (data.batch_size x processes): "
                         "the data position is approximate", global_batch, state["global_batch"])
         return state["samples"] // global_batch
+
+    def fixed_training_images(self) -> torch.Tensor:
+        """The training (and validation) images as every epoch shows them (uint8 ``[N, S, S]``;
+        no augmentation), for the model's frozen-feature cache."""
+        return self.images["train"]
 
     def train_findings(self) -> list[tuple[str, tuple[int, int, int, int]]]:
         """All training findings on the 0-100 grid (for the mean-box baseline)."""
