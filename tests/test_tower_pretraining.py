@@ -14,6 +14,9 @@ from medgrounder.models.encoders import FusedTowers, HFCLIPVision, TimmViT
 from medgrounder.models.tower_pretraining import (
     box_targets,
     coverage_targets,
+    dense_loss,
+    finding_loss,
+    finding_masks,
     load_or_pretrain,
     pretrain_towers,
 )
@@ -35,27 +38,54 @@ def test_coverage_targets_by_hand():
 
 def test_box_targets_by_hand():
     # 200 x 100 image, 4 x 4 grid: patch centres at 12.5 %, 37.5 %, 62.5 %, 87.5 % of each side.
-    classes = ("Edema", "Cardiomegaly")
-    t = box_targets([("Edema", (0, 0, 100, 50)), ("Cardiomegaly", (100, 50, 200, 100))], 200, 100, 4, classes)
-    assert t.shape == (16, 8)
-    grid = t.reshape(4, 4, 2, 4)
-    np.testing.assert_allclose(grid[:2, :2, 0], np.broadcast_to([0.0, 0.0, 0.5, 0.5], (2, 2, 4)))
-    np.testing.assert_allclose(grid[2:, 2:, 1], np.broadcast_to([0.5, 0.5, 1.0, 1.0], (2, 2, 4)))
-    assert not grid[:2, :2, 1].any() and not grid[2:, :2].any() and not grid[:2, 2:].any()
-    t = box_targets([("Edema", (0, 0, 100, 50)), ("Edema", (0, 0, 50, 50))], 200, 100, 4, classes)
-    np.testing.assert_allclose(t.reshape(4, 4, 2, 4)[0, 0, 0], [0.0, 0.0, 0.25, 0.5])  # the smaller box wins
-    assert t.reshape(4, 4, 2, 4)[0, 1, 0, 2] == 0.5  # outside the small one: the large one
+    t = box_targets([("Edema", (0, 0, 100, 50)), ("Cardiomegaly", (100, 50, 200, 100))], 200, 100, 4)
+    assert t.shape == (16, 4)
+    grid = t.reshape(4, 4, 4)
+    np.testing.assert_allclose(grid[:2, :2], np.broadcast_to([0.0, 0.0, 0.5, 0.5], (2, 2, 4)))
+    np.testing.assert_allclose(grid[2:, 2:], np.broadcast_to([0.5, 0.5, 1.0, 1.0], (2, 2, 4)))
+    assert not grid[2:, :2].any() and not grid[:2, 2:].any()
+    t = box_targets([("Edema", (0, 0, 100, 50)), ("Edema", (0, 0, 50, 50))], 200, 100, 4).reshape(4, 4, 4)
+    np.testing.assert_allclose(t[0, 0], [0.0, 0.0, 0.25, 0.5])  # the smaller box wins
+    np.testing.assert_allclose(t[0, 1], [0.0, 0.0, 0.5, 0.5])  # outside the small one: the large one
 
 
-def test_box_regression_adds_a_term_and_leaves_the_default_unchanged():
+def test_dense_loss_by_hand():
+    logits = torch.zeros(1, 2, 3)  # 2 classes + background, uniform predictions
+    coverage = torch.tensor([[[0.5, 0.0], [0.0, 0.0]]])
+    # Soft targets (0.5, 0, 0.5) and (0, 0, 1): cross-entropy log 3 for both patches.
+    assert dense_loss(logits, coverage).item() == pytest.approx(np.log(3))
+    boxes = torch.tensor([[[0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 0.0, 0.0]]])  # only patch 0 lies in a box
+    # sigmoid(0) = 0.5 against (0.1, 0.2, 0.3, 0.4): L1 0.4 + 0.3 + 0.2 + 0.1 = 1, on that patch only.
+    total = dense_loss(logits, coverage, torch.zeros(1, 2, 4), boxes, box_weight=2.0).item()
+    assert total == pytest.approx(np.log(3) + 2.0)
+
+
+def test_finding_masks_by_hand():
+    # 200 x 100 image, 4 x 4 grid; the second box is smaller than a patch: the one holding its centre.
+    labels, masks = finding_masks([("Edema", (0, 0, 100, 50)), ("Cardiomegaly", (190, 90, 195, 95))], 200, 100, 4)
+    assert labels.tolist() == [LOCAL_INDEX["Edema"], CARDIO]
+    assert np.flatnonzero(masks[0]).tolist() == [0, 1, 4, 5] and np.flatnonzero(masks[1]).tolist() == [15]
+    labels, masks = finding_masks([], 200, 100, 4)  # an image without findings
+    assert labels.shape == (0,) and masks.shape == (0, 16)
+
+
+def test_finding_loss_classifies_the_mean_of_a_findings_tokens():
+    head = torch.nn.Linear(2, 2, bias=False)
+    head.weight.data = torch.eye(2)
+    feats = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [0.0, 9.0]]])  # [B=1, P=3, C=2]
+    masks = torch.tensor([[[True, True, False], [False, False, False]]])  # one finding, one padding row
+    loss = finding_loss(feats, masks, torch.tensor([[0, -1]]), head)
+    assert loss.item() == pytest.approx(np.log1p(np.exp(-2.0)))  # logits (2, 0) for class 0
+    assert finding_loss(feats, masks, torch.tensor([[-1, -1]]), head).item() == 0.0
+
+
+def test_box_regression_is_a_separate_term():
     images, records = _bright_square_data(n=16)
     runs = {}
-    for weight in (None, 0.0, 5.0):
-        enc = _tiny_encoder()
-        kwargs = {} if weight is None else {"box_weight": weight}
-        runs[weight] = pretrain_towers(enc, images, records, steps=3, lr=1e-3, warmup_steps=1, batch_size=8, **kwargs)
-    assert runs[None] == runs[0.0]  # the demo's objective is untouched
-    assert runs[5.0][0] > runs[0.0][0]  # same towers and batch, plus the box regression error
+    for weight in (0.0, 1.0):
+        runs[weight] = pretrain_towers(_tiny_encoder(), images, records, steps=3, lr=1e-3, warmup_steps=1,
+                                       batch_size=8, box_weight=weight)
+    assert runs[1.0][0] > runs[0.0][0]  # same towers and batch, plus the box regression error
 
 
 def _tiny_encoder():

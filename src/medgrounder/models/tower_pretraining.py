@@ -5,9 +5,11 @@ The papers freeze towers pretrained on medical images. A frozen *random* tower i
 on the synthetic set, image-to-image variation is about 6 % of its token features' variance, and
 the tiny LLM learns to ignore the image (measured: [vqa] loss identical with the images of the
 batch shuffled). So before stage 1 the demo pretrains its tiny towers on the synthetic training
-split with dense supervision: a linear head per tower predicts, for every patch token, the
-fraction of that patch each of the 22 findings covers. The heads are then dropped and the towers
-frozen, as the papers freeze theirs.
+split with dense supervision, as a detector's backbone is trained: linear heads on the patch
+tokens name the finding each token lies in, regress that finding's box, and name each finding
+from the mean of its tokens (:func:`pretrain_towers`). The heads are then dropped and the towers
+frozen, as the papers freeze theirs. What the LLM can learn is bounded by these towers: a class
+the towers cannot tell apart at a finding's location, the LLM cannot name.
 
 The result is cached by a digest of everything it depends on (tower config, data, seed,
 settings), so evaluation rebuilds the same towers and the stage checkpoints' frozen-weight
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 
 from medgrounder.data.collate import images_to_float
 from medgrounder.data.labels import LOCAL_INDEX, LOCAL_LABELS
+from medgrounder.models.vlm import fused_adamw_ok
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +57,79 @@ def coverage_targets(findings: Sequence[tuple[str, Sequence[float]]], width: flo
 
 
 def box_targets(findings: Sequence[tuple[str, Sequence[float]]], width: float, height: float,
-                side: int, classes: Sequence[str] = LOCAL_LABELS) -> np.ndarray:
-    """``[(class, pixel box), ...]`` -> ``[side * side, len(classes) * 4]``: for each patch (raster
-    order) whose centre lies in a box of class ``c``, that box as fractions of the image
-    ``(x1, y1, x2, y2)`` in the four channels of ``c``; zeros elsewhere (the smallest box wins where
-    boxes of a class overlap). Dense box regression, as one-stage detectors pretrain their
-    features (e.g. FCOS), per class, so that even the mean over an image's tokens says where each
-    finding is (its box times its area)."""
-    index = {c: i for i, c in enumerate(classes)}
-    out = np.zeros((side, side, len(classes), 4), dtype=np.float32)
+                side: int) -> np.ndarray:
+    """``[(class, pixel box), ...]`` -> ``[side * side, 4]``: for each patch (raster order) whose
+    centre lies in a box, that box as fractions of the image ``(x1, y1, x2, y2)``; zeros elsewhere
+    (the smallest box wins where boxes overlap). Dense box regression, as one-stage detectors
+    (FCOS) train their features: every token of a finding then says where the whole finding is."""
+    out = np.zeros((side, side, 4), dtype=np.float32)
     centres = (np.arange(side, dtype=np.float32) + 0.5) / side
-    for name, (x1, y1, x2, y2) in sorted(findings, key=lambda f: -(f[1][2] - f[1][0]) * (f[1][3] - f[1][1])):
+    for _, (x1, y1, x2, y2) in sorted(findings, key=lambda f: -(f[1][2] - f[1][0]) * (f[1][3] - f[1][1])):
         fx1, fy1, fx2, fy2 = x1 / width, y1 / height, x2 / width, y2 / height
         inside = ((centres >= fy1) & (centres < fy2))[:, None] & ((centres >= fx1) & (centres < fx2))[None, :]
-        out[inside, index[name]] = (fx1, fy1, fx2, fy2)
-    return out.reshape(side * side, -1)
+        out[inside] = (fx1, fy1, fx2, fy2)
+    return out.reshape(side * side, 4)
+
+
+def finding_masks(findings: Sequence[tuple[str, Sequence[float]]], width: float, height: float,
+                  side: int, classes: Sequence[str] = LOCAL_LABELS) -> tuple[np.ndarray, np.ndarray]:
+    """``[(class, pixel box), ...]`` -> class indices ``[F]`` and patch masks ``[F, side * side]``
+    (raster order): the patches whose centre lies in each box, or the one holding its centre when
+    the box is smaller than a patch."""
+    index = {c: i for i, c in enumerate(classes)}
+    masks = np.zeros((len(findings), side, side), dtype=bool)
+    centres = (np.arange(side, dtype=np.float32) + 0.5) / side
+    for f, (_, (x1, y1, x2, y2)) in enumerate(findings):
+        fx1, fy1, fx2, fy2 = x1 / width, y1 / height, x2 / width, y2 / height
+        masks[f] = ((centres >= fy1) & (centres < fy2))[:, None] & ((centres >= fx1) & (centres < fx2))[None, :]
+        if not masks[f].any():
+            masks[f, min(int((fy1 + fy2) / 2 * side), side - 1), min(int((fx1 + fx2) / 2 * side), side - 1)] = True
+    return np.array([index[c] for c, _ in findings], dtype=np.int64), masks.reshape(len(findings), side * side)
+
+
+def finding_loss(feats: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, head: nn.Module) -> torch.Tensor:
+    """Each finding's tokens averaged, then classified: ``feats`` ``[B, P, C]``, ``masks``
+    ``[B, F, P]`` (:func:`finding_masks`, padded), ``labels`` ``[B, F]`` (-1 for padding); the
+    cross-entropy of ``head`` over the findings. It makes the mean of a finding's tokens, which is
+    what the LLM's attention reads, name the finding."""
+    weights = masks.to(feats.dtype)
+    pooled = weights @ feats / weights.sum(-1, keepdim=True).clamp(min=1)
+    valid = labels >= 0
+    if not valid.any():
+        return feats.new_zeros(())
+    return nn.functional.cross_entropy(head(pooled[valid]), labels[valid])
+
+
+def _padded_findings(records: Sequence, side: int, classes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    per = [finding_masks(r.findings, r.width, r.height, side, classes) for r in records]
+    most = max([len(lab) for lab, _ in per] + [1])
+    labels = torch.full((len(per), most), -1, dtype=torch.long)
+    masks = torch.zeros((len(per), most, side * side), dtype=torch.bool)
+    for i, (lab, m) in enumerate(per):
+        labels[i, : len(lab)] = torch.from_numpy(lab)
+        masks[i, : len(lab)] = torch.from_numpy(m)
+    return labels, masks
+
+
+def dense_loss(class_logits: torch.Tensor, coverage: torch.Tensor, box_pred: torch.Tensor | None = None,
+               boxes: torch.Tensor | None = None, box_weight: float = 1.0) -> torch.Tensor:
+    """Per-patch loss of :func:`pretrain_towers`. ``class_logits`` ``[B, P, C + 1]`` (the last is
+    background), ``coverage`` ``[B, P, C]`` (:func:`coverage_targets`): cross-entropy against the
+    coverage as soft targets, background taking what the findings leave. Plus, with ``box_pred``
+    (logits) and ``boxes`` ``[B, P, 4]`` (:func:`box_targets`): ``box_weight`` times the L1 error
+    of ``sigmoid(box_pred)``, coordinates summed, averaged over the patches inside a box.
+
+    A softmax over classes and background, unlike one sigmoid per class, is not swamped by the
+    empty patches (a finding covers about 2 % of an image)."""
+    background = (1 - coverage.sum(-1, keepdim=True)).clamp(min=0)
+    target = torch.cat([coverage, background], dim=-1)
+    target = target / target.sum(-1, keepdim=True)
+    loss = -(target * class_logits.log_softmax(-1)).sum(-1).mean()
+    if box_pred is not None:
+        inside = (boxes[..., 2] > 0).to(box_pred.dtype)
+        err = (box_pred.sigmoid() - boxes).abs().sum(-1)
+        loss = loss + box_weight * (err * inside).sum() / inside.sum().clamp(min=1)
+    return loss
 
 
 def towers_of(encoder: nn.Module) -> list[nn.Module]:
@@ -76,28 +137,29 @@ def towers_of(encoder: nn.Module) -> list[nn.Module]:
 
 
 def pretrain_towers(encoder: nn.Module, images: torch.Tensor, records: Sequence, steps: int,
-                    lr: float = 3e-3, warmup_steps: int = 50, weight_decay: float = 0.05,
+                    lr: float = 6e-3, warmup_steps: int = 50, weight_decay: float = 0.05,
                     batch_size: int = 32, seed: int = 0, classes: Sequence[str] = LOCAL_LABELS,
-                    box_weight: float = 0.0) -> list[float]:
+                    box_weight: float = 1.0, finding_weight: float = 1.0) -> list[float]:
     """Train every tower of ``encoder`` in place on ``images`` (uint8 ``[N, S, S]``) and their
-    ``records`` (``findings`` over ``classes``, ``width``, ``height``). AdamW, linear warm-up then
-    cosine decay. Returns the loss of each step.
-
-    ``box_weight > 0`` adds dense per-class box regression (:func:`box_targets`, squared error
-    summed over the channels, averaged over patches, times ``box_weight``): the stand-in for towers
-    that were pretrained to localise (the grounding experiments start from MiniGPT-v2, which
-    already grounds objects)."""
+    ``records`` (``findings`` over ``classes``, ``width``, ``height``). Per tower, linear heads on
+    the patch tokens: one classifies each token (:func:`dense_loss`); with ``box_weight > 0`` one
+    regresses the box of the finding the token lies in; with ``finding_weight > 0`` one classifies
+    each finding from the mean of its tokens (:func:`finding_loss`), each term times its weight.
+    AdamW, linear warm-up then cosine decay. Returns the loss of each step."""
     towers = towers_of(encoder)
     sides = [math.isqrt(t.num_tokens) for t in towers]
-    targets = [torch.from_numpy(np.stack([coverage_targets(r.findings, r.width, r.height, s, classes)
-                                          for r in records])) for s in sides]
-    boxes = [torch.from_numpy(np.stack([box_targets(r.findings, r.width, r.height, s, classes) for r in records]))
-             for s in sides] if box_weight > 0 else None
+    coverage = [torch.from_numpy(np.stack([coverage_targets(r.findings, r.width, r.height, s, classes)
+                                           for r in records])) for s in sides]
+    boxes = [torch.from_numpy(np.stack([box_targets(r.findings, r.width, r.height, s) for r in records]))
+             for s in sides]
+    found = [_padded_findings(records, s, classes) for s in sides]
     gen = torch.Generator().manual_seed(seed)
-    heads = nn.ModuleList([nn.Linear(t.width, len(classes)) for t in towers])
-    box_heads = nn.ModuleList([nn.Linear(t.width, 4 * len(classes)) for t in towers])
-    params = [*heads.parameters(), *encoder.parameters(), *(box_heads.parameters() if boxes else [])]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    heads = nn.ModuleList([nn.Linear(t.width, len(classes) + 1) for t in towers])
+    box_heads = nn.ModuleList([nn.Linear(t.width, 4) for t in towers]) if box_weight > 0 else None
+    finding_heads = nn.ModuleList([nn.Linear(t.width, len(classes)) for t in towers]) if finding_weight > 0 else None
+    params = [*heads.parameters(), *encoder.parameters(),
+              *(box_heads.parameters() if box_heads else []), *(finding_heads.parameters() if finding_heads else [])]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused_adamw_ok(params))
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -117,12 +179,13 @@ def pretrain_towers(encoder: nn.Module, images: torch.Tensor, records: Sequence,
         pos += batch_size
         x = images_to_float(images[idx])
         loss = 0.0
-        for k, (tower, head, tgt) in enumerate(zip(towers, heads, targets, strict=True)):
+        for k, tower in enumerate(towers):
             feats = tower(x)
-            loss = loss + nn.functional.binary_cross_entropy_with_logits(head(feats), tgt[idx])
-            if boxes is not None:  # squared error per box coordinate, summed over classes
-                err = (box_heads[k](feats) - boxes[k][idx]) ** 2
-                loss = loss + box_weight * err.sum(-1).mean()
+            box_pred = box_heads[k](feats) if box_heads is not None else None
+            loss = loss + dense_loss(heads[k](feats), coverage[k][idx], box_pred, boxes[k][idx], box_weight)
+            if finding_heads is not None:
+                labels, masks = found[k]
+                loss = loss + finding_weight * finding_loss(feats, masks[idx], labels[idx], finding_heads[k])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -153,8 +216,8 @@ def load_or_pretrain(encoder: nn.Module, data: Callable[[], Any], settings: dict
         datamodule = data()
         if hasattr(datamodule, "tower_pretraining_data"):  # MS-CXR (alone or in a multi-task datamodule)
             images, records, classes = datamodule.tower_pretraining_data()
-        else:  # VinDr: every training image, with or without findings
-            samples = datamodule.samples("train", "vqa")
+        else:  # VinDr: the [identify] training images (those with findings, as LiteGPT's stage 1)
+            samples = datamodule.samples("train", "identify")
             images = datamodule.images["train"][torch.tensor([s.index for s in samples])]
             records, classes = [s.record for s in samples], LOCAL_LABELS
         losses = pretrain_towers(encoder, images, records, seed=seed, classes=classes, **settings)
