@@ -9,7 +9,7 @@ import pytest
 from medgrounder.data.dicom import load_dicom_uint8
 from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
 from medgrounder.data.vindr import load_vindr_physionet
-from medgrounder.synth import APPEARANCE, global_labels_from_local, main, synth_vindr
+from medgrounder.synth import APPEARANCE, SHAPE_FAMILY, global_labels_from_local, main, synth_vindr
 
 N, SEED = 24, 3
 
@@ -157,6 +157,11 @@ def test_findings_are_visible(synth):
         assert sign * (inner - ring) > 20, name
         checked += 1
     assert checked >= 1
+
+
+def test_every_class_has_its_own_sign_texture_and_shape_family():
+    looks = [(sign, texture, SHAPE_FAMILY[shape]) for shape, sign, texture in APPEARANCE.values()]
+    assert sorted(APPEARANCE) == sorted(LOCAL_LABELS) and len(set(looks)) == len(looks)
 
 
 def test_global_rule():

@@ -64,31 +64,40 @@ FINDING_COUNT_P: tuple[float, ...] = (0.25, 0.40, 0.22, 0.13)
 #: (apex up), ``hatch`` (diagonal lines). Sign +1 is brighter (denser) than the surroundings,
 #: -1 darker, by :data:`CONTRAST` of the window. Textures modulate the pattern between full and
 #: :data:`TEXTURE_LOW` of that contrast: ``flat``, ``hstripes``, ``vstripes`` (6 stripes),
-#: ``checker`` (4 x 4), ``dots`` (4 x 4 grid).
+#: ``checker`` (4 x 4), ``dots`` (4 x 4 grid), ``rings`` (4 concentric bands), ``gradient``
+#: (faint at the top, full at the bottom, as fluid settles).
+#: No two findings share sign, texture and shape family (filled, outline, lines), so every class
+#: can be told from a few patches of it, as readers tell findings by density and texture, not only
+#: by outline; a shape-only difference (a filled ellipse against a filled rectangle) is visible
+#: only at the box's corners, which tiny towers learn to see far more slowly than a texture.
 APPEARANCE: dict[str, tuple[str, int, str]] = {
-    "Aortic enlargement": ("ellipse", +1, "flat"),
+    "Aortic enlargement": ("ellipse", +1, "rings"),
     "Atelectasis": ("rect", -1, "hstripes"),
-    "Calcification": ("plus", +1, "flat"),
+    "Calcification": ("plus", +1, "checker"),
     "Cardiomegaly": ("rect", +1, "flat"),
-    "Clavicle fracture": ("cross", -1, "flat"),
+    "Clavicle fracture": ("cross", -1, "hstripes"),
     "Consolidation": ("rect", +1, "checker"),
     "Edema": ("ellipse", -1, "vstripes"),
     "Emphysema": ("ellipse_ring", -1, "flat"),
-    "Enlarged PA": ("diamond", +1, "flat"),
+    "Enlarged PA": ("diamond", +1, "dots"),
     "ILD": ("hatch", -1, "flat"),
     "Infiltration": ("ellipse", +1, "hstripes"),
-    "Lung Opacity": ("ellipse", +1, "checker"),
-    "Lung cavity": ("ellipse_ring", +1, "flat"),
-    "Lung cyst": ("rect_ring", -1, "flat"),
-    "Mediastinal shift": ("triangle", +1, "flat"),
+    "Lung Opacity": ("ellipse", +1, "gradient"),
+    "Lung cavity": ("ellipse_ring", +1, "hstripes"),
+    "Lung cyst": ("rect_ring", -1, "checker"),
+    "Mediastinal shift": ("triangle", +1, "vstripes"),
     "Nodule/Mass": ("ellipse", -1, "flat"),
-    "Pleural effusion": ("rect", -1, "flat"),
+    "Pleural effusion": ("rect", -1, "gradient"),
     "Pleural thickening": ("rect_ring", +1, "flat"),
-    "Pneumothorax": ("triangle", -1, "flat"),
+    "Pneumothorax": ("triangle", -1, "rings"),
     "Pulmonary fibrosis": ("hatch", +1, "flat"),
-    "Rib fracture": ("plus", -1, "flat"),
+    "Rib fracture": ("plus", -1, "checker"),
     "Other lesion": ("diamond", -1, "dots"),
 }
+#: Shape families: within one sign and texture, shapes of different families stay distinct.
+SHAPE_FAMILY = {"rect": "filled", "ellipse": "filled", "diamond": "filled", "triangle": "filled",
+                "rect_ring": "outline", "ellipse_ring": "outline", "plus": "lines", "cross": "lines",
+                "hatch": "lines"}
 CONTRAST = 0.30
 TEXTURE_LOW = 0.35
 
@@ -201,11 +210,10 @@ def _plan_vindr(n: int, seed: int, test_frac: float, min_side: int, max_side: in
         raise ValueError(f"bad arguments: n={n}, test_frac={test_frac}, sides {min_side}..{max_side}")
     rng = np.random.default_rng(seed)
     n_test = round(n * test_frac)
-    ids: list[str] = []
+    ids: dict[str, None] = {}  # insertion-ordered set
     while len(ids) < n:
-        iid = rng.bytes(16).hex()
-        if iid not in ids:
-            ids.append(iid)
+        ids.setdefault(rng.bytes(16).hex())
+    ids = list(ids)
     widths = rng.integers(min_side, max_side + 1, n)
     heights = rng.integers(min_side, max_side + 1, n)
     bits = rng.choice([12, 14, 16], n)
@@ -289,15 +297,19 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
 
 
 def _texture(texture: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray | float:
-    """Contrast multiplier in {TEXTURE_LOW, 1} on box-relative coordinates."""
+    """Contrast multiplier in [TEXTURE_LOW, 1] on box-relative coordinates."""
     if texture == "flat":
         return 1.0
+    if texture == "gradient":
+        return np.float32(TEXTURE_LOW) + np.float32(1 - TEXTURE_LOW) * np.broadcast_to(dy, (dy.shape[0], dx.shape[1]))
     if texture == "hstripes":
         on = np.floor(dy * 6) % 2 == 0
     elif texture == "vstripes":
         on = np.floor(dx * 6) % 2 == 0
     elif texture == "checker":
         on = (np.floor(dx * 4) + np.floor(dy * 4)) % 2 == 0
+    elif texture == "rings":
+        on = np.floor(np.sqrt((2 * dx - 1) ** 2 + (2 * dy - 1) ** 2) * 4) % 2 == 0
     elif texture == "dots":
         on = ((dx * 4) % 1 - 0.5) ** 2 + ((dy * 4) % 1 - 0.5) ** 2 <= 0.09
     else:
