@@ -196,9 +196,14 @@ def pretrain_towers(encoder: nn.Module, images: torch.Tensor, records: Sequence,
     return losses
 
 
+#: Part of the cache key: bump it when :func:`pretrain_towers` changes what it learns, so towers
+#: cached by an older version are not reused under the same settings.
+PRETRAINING_VERSION = 2
+
+
 def cache_key(encoder_cfg: dict, settings: dict, data_root: str, seed: int) -> str:
-    blob = json.dumps({"encoder": encoder_cfg, "settings": settings, "data": str(data_root), "seed": seed},
-                      sort_keys=True, default=str)
+    blob = json.dumps({"encoder": encoder_cfg, "settings": settings, "data": str(data_root), "seed": seed,
+                       "version": PRETRAINING_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
