@@ -11,7 +11,7 @@ from medgrounder.data.prompts import identify_answer, vqa_answer
 from medgrounder.models.encoders import FusedTowers, HFCLIPVision, TimmViT
 from medgrounder.models.fusion import merge_tokens, merged_token_count
 from medgrounder.models.tokenizer import build_tiny_tokenizer
-from medgrounder.models.vlm import VisionLanguageModel
+from medgrounder.models.vlm import VisionLanguageModel, fused_adamw_ok
 
 TINY_LLM = {
     "config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -203,3 +203,14 @@ def test_feature_cache_is_off_when_the_towers_train():
     model = VisionLanguageModel(tiny_pair(), dict(TINY_LLM), projector={"hidden": 24}, encoder_train_mode="full",
                                 cache_frozen_features=True)
     assert not model.cache_frozen_features
+
+
+def test_fused_adamw_only_where_torch_takes_it():
+    assert fused_adamw_ok([torch.zeros(2), torch.zeros(3, dtype=torch.bfloat16)]) is True
+    assert fused_adamw_ok([torch.zeros(2), torch.zeros(2, device="meta")]) is None
+    assert fused_adamw_ok([torch.zeros(2, dtype=torch.int8)]) is None  # e.g. an 8-bit weight
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1, fused=fused_adamw_ok([p]))
+    p.grad = torch.ones(3)
+    opt.step()
+    assert opt.defaults["fused"] and (p < 1).all()
