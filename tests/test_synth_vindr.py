@@ -233,3 +233,17 @@ def test_loader_errors(synth, tmp_path):
         load_vindr_physionet(copy, "test")
     with pytest.raises(ValueError, match="split"):
         load_vindr_physionet(copy, "val")
+
+
+def test_datamodule_writes_its_synthetic_set_whole_and_once(tmp_path):
+    from medgrounder.data.datamodule import VinDrDataModule
+
+    root = tmp_path / "data" / "vindr"
+    (tmp_path / "data" / "vindr.partial").mkdir(parents=True)  # left by an interrupted run
+    dm = VinDrDataModule(str(root), synth={"n": 6, "seed": 1, "min_side": 64, "max_side": 96}, decode_workers=1)
+    dm.prepare_data()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["vindr"]
+    assert len(list((root / "train").glob("*.dicom"))) + len(list((root / "test").glob("*.dicom"))) == 6
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    dm.prepare_data()  # already there: not written again
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamps

@@ -27,7 +27,6 @@ import csv
 import gzip
 import logging
 import re
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -391,14 +390,9 @@ class CaptionDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if not self.synth or self.root is None or Path(self.root).is_dir():
             return
-        from medgrounder.synth import synth_captions
+        from medgrounder.synth import synth_captions, write_complete
 
-        root = Path(self.root)
-        tmp = root.with_name(root.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        synth_captions(tmp, **self.synth)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(root)
+        write_complete(self.root, synth_captions, **self.synth)
 
     def setup(self, stage: str | None = None) -> None:
         if self.records:

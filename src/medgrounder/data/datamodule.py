@@ -28,7 +28,6 @@ uninterrupted one would.
 from __future__ import annotations
 
 import logging
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,13 +163,9 @@ class VinDrDataModule(L.LightningDataModule):
         root = Path(self.root)
         if not self.synth or (root / "annotations" / "annotations_test.csv").exists():
             return
-        from medgrounder.synth import synth_vindr
+        from medgrounder.synth import synth_vindr, write_complete
 
-        tmp = root.with_name(root.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        synth_vindr(str(tmp), **{"workers": self.decode_workers, **self.synth})
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(root)
+        write_complete(root, synth_vindr, **{"workers": self.decode_workers, **self.synth})
 
     @property
     def prepared(self) -> bool:

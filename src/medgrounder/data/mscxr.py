@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import logging
 import re
-import shutil
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -338,13 +337,9 @@ class MSCXRDataModule(L.LightningDataModule):
         root = Path(self.root)
         if not self.synth or self.csv_path.is_file():
             return
-        from medgrounder.synth import synth_mscxr
+        from medgrounder.synth import synth_mscxr, write_complete
 
-        tmp = root.with_name(root.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        synth_mscxr(tmp, **self.synth)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(root)
+        write_complete(root, synth_mscxr, **self.synth)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
