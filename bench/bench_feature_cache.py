@@ -10,27 +10,13 @@ holds the towers' own tokens, so it must be float noise).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
-
-from medgrounder.data.collate import PromptCollator
-from medgrounder.data.prompts import identify_answer
+from demo_setup import demo_model, identify_batch, step_bench_args
 
 WARMUP = 2
-
-
-def make_batch(model, n: int) -> tuple[dict, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 224, 224), generator=gen, dtype=torch.uint8)
-    items = [{"image": img, "task": "identify", "meta": {},
-              "answer": identify_answer([("Cardiomegaly", (10 + i % 7, 20, 60 + i % 11, 70))])}
-             for i, img in enumerate(images)]
-    return PromptCollator(model.tokenizer)(items), images
 
 
 def steps(model, batch: dict, n: int, keys: bool) -> list[float]:
@@ -48,19 +34,9 @@ def steps(model, batch: dict, n: int, keys: bool) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with initialize_config_module("medgrounder.conf", version_base="1.3"):
-        cfg = compose("train", overrides=["paths.output_dir=."])
-    torch.manual_seed(0)
-    model = instantiate(cfg.model).train()
-    batch, images = make_batch(model, args.batch)
+    args = step_bench_args(__doc__, batch=32, steps=20)
+    model = demo_model().train()
+    batch, images = identify_batch(model, args.batch, image_keys=True)
     args_ = (batch["images"], batch["text_ids"], batch["text_mask"], batch["text_labels"])
     with torch.no_grad():
         through = model(*args_).item()

@@ -12,8 +12,7 @@ import argparse
 import time
 
 import torch
-from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
+from demo_setup import demo_model
 
 from medgrounder.data.collate import PromptCollator
 
@@ -24,10 +23,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=60)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    with initialize_config_module("medgrounder.conf", version_base="1.3"):
-        cfg = compose("train", overrides=["paths.output_dir=."])
-    model = instantiate(cfg.model).eval()
+    model = demo_model().eval()
     model.llm.lm_head.weight.data *= 200  # sharp logits: both paths must agree token for token
     gen = torch.Generator().manual_seed(0)
     items = [{"image": torch.randint(0, 256, (224, 224), generator=gen, dtype=torch.uint8),

@@ -17,7 +17,6 @@ comparison, and `--threads 1` avoids oversubscribing busy cores.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import tempfile
@@ -25,11 +24,9 @@ import time
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_module
+from demo_setup import demo_config, demo_model, identify_batch, step_bench_args
 from hydra.utils import instantiate
 
-from medgrounder.data.collate import PromptCollator
-from medgrounder.data.prompts import identify_answer
 from medgrounder.utils.callbacks import AtomicCheckpointIO, RngState
 
 WARMUP = 3
@@ -47,17 +44,6 @@ class StepTimer(L.Callback):
 
     def step_times(self) -> list[float]:
         return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)][WARMUP:]
-
-
-def make_batch(model, n: int) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    items = []
-    for i in range(n):
-        box = (10 + i % 7, 20, 60 + i % 11, 70)
-        items.append({"image": torch.randint(0, 256, (224, 224), generator=gen, dtype=torch.uint8), "task": "identify",
-                      "answer": identify_answer([("Cardiomegaly", box), ("Aortic enlargement", (40, 10, 55, 30))]),
-                      "meta": {}})
-    return PromptCollator(model.tokenizer)(items)
 
 
 def bare(model, batch, steps: int) -> list[float]:
@@ -99,19 +85,10 @@ def lightning(model, batch, steps: int, cfg, configured: bool) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with initialize_config_module("medgrounder.conf", version_base="1.3"):
-        cfg = compose("train", overrides=["paths.output_dir=."])
-    torch.manual_seed(0)
-    base = instantiate(cfg.model)
-    batch = make_batch(base, args.batch)
+    args = step_bench_args(__doc__, batch=8, steps=30)
+    cfg = demo_config()
+    base = demo_model(cfg)
+    batch, _ = identify_batch(base, args.batch)
     times: dict[str, list[float]] = {"bare": [], "lightning": [], "configured": []}
     for _ in range(args.rounds):
         times["bare"] += bare(copy.deepcopy(base), batch, args.steps)

@@ -178,7 +178,7 @@ def _image_batch(model, n=3, seed=0):
     gen = torch.Generator().manual_seed(seed)
     items = [{"image": torch.randint(0, 256, (224, 224), dtype=torch.uint8, generator=gen), "task": "vqa",
               "answer": vqa_answer(["Pneumonia"]), "meta": {}} for _ in range(n)]
-    return PromptCollator(model.tokenizer)(items)
+    return PromptCollator(model.tokenizer, image_keys=True)(items)
 
 
 def test_frozen_feature_cache_gives_the_towers_tokens_and_skips_them():

@@ -31,12 +31,14 @@ class PromptCollator:
     ``images`` [B, 3, S, S] in [0, 1] (grey replicated to RGB; each tower normalises itself);
     ``text_ids / text_mask / text_labels`` [B, T]: ``</Img> [task] instruction [/INST] answer</s>``,
     right-padded, labels ``-100`` outside the answer; ``prompt_ids / prompt_mask`` [B, T']: the
-    suffix alone, right-padded (generation moves the padding in front of the image);
-    ``image_keys``: :func:`image_digest` of each image.
+    suffix alone, right-padded (generation moves the padding in front of the image); with
+    ``image_keys=True`` (loaders whose images the model may have cached), ``image_keys``:
+    :func:`image_digest` of each image.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, image_keys: bool = False):
         self.tokenizer = tokenizer
+        self.image_keys = image_keys
         self._suffix_cache: dict[tuple[str, str | None], list[int]] = {}
 
     def _suffix(self, task: str, instruction: str | None = None) -> list[int]:
@@ -68,13 +70,15 @@ class PromptCollator:
         for i, s in enumerate(suffixes):
             prompt_ids[i, : len(s)] = torch.tensor(s)
             prompt_mask[i, : len(s)] = 1
-        return {
+        batch = {
             "images": images,
             "text_ids": text_ids,
             "text_mask": text_mask,
             "text_labels": text_labels,
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
-            "image_keys": [image_digest(it["image"]) for it in items],
             "meta": [it["meta"] for it in items],
         }
+        if self.image_keys:
+            batch["image_keys"] = [image_digest(it["image"]) for it in items]
+        return batch

@@ -252,11 +252,12 @@ class VinDrDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, sampler=None, image_keys: bool = False) -> DataLoader:
         # The loader's own generator draws the worker base seed, so iterating it never consumes
         # the global RNG (a resumed run's RNG stream then matches an uninterrupted one's).
+        # image_keys: the train and val loaders, whose images fixed_training_images() holds.
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=PromptCollator(self.tokenizer),
+                          num_workers=self.num_workers, collate_fn=PromptCollator(self.tokenizer, image_keys),
                           generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
@@ -267,13 +268,13 @@ class VinDrDataModule(L.LightningDataModule):
             start, self._resume = self._resume_start(world), None
         self._train_sampler = StreamSampler(len(dataset), self.batch_size, self.seed, self.iters_per_epoch,
                                             rank, world, start)
-        return self._loader(dataset, self.batch_size, self._train_sampler)
+        return self._loader(dataset, self.batch_size, self._train_sampler, image_keys=True)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         dataset = self.dataset("val")
         sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
-        return self._loader(dataset, self.eval_batch_size, sampler)
+        return self._loader(dataset, self.eval_batch_size, sampler, image_keys=True)
 
     def test_dataloader(self, task: str | None = None) -> DataLoader:
         # Evaluation shards the test set itself (medgrounder.evaluate.generate_rows).

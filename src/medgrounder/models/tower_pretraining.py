@@ -56,6 +56,15 @@ def coverage_targets(findings: Sequence[tuple[str, Sequence[float]]], width: flo
     return out.reshape(side * side, -1)
 
 
+def _centres_inside(box: Sequence[float], width: float, height: float, side: int) -> np.ndarray:
+    """``[side, side]`` bool: the patches (raster order) whose centre lies in the pixel ``box``."""
+    x1, y1, x2, y2 = box
+    centres = (np.arange(side, dtype=np.float32) + 0.5) / side
+    rows = (centres >= y1 / height) & (centres < y2 / height)
+    cols = (centres >= x1 / width) & (centres < x2 / width)
+    return rows[:, None] & cols[None, :]
+
+
 def box_targets(findings: Sequence[tuple[str, Sequence[float]]], width: float, height: float,
                 side: int) -> np.ndarray:
     """``[(class, pixel box), ...]`` -> ``[side * side, 4]``: for each patch (raster order) whose
@@ -63,11 +72,8 @@ def box_targets(findings: Sequence[tuple[str, Sequence[float]]], width: float, h
     (the smallest box wins where boxes overlap). Dense box regression, as one-stage detectors
     (FCOS) train their features: every token of a finding then says where the whole finding is."""
     out = np.zeros((side, side, 4), dtype=np.float32)
-    centres = (np.arange(side, dtype=np.float32) + 0.5) / side
     for _, (x1, y1, x2, y2) in sorted(findings, key=lambda f: -(f[1][2] - f[1][0]) * (f[1][3] - f[1][1])):
-        fx1, fy1, fx2, fy2 = x1 / width, y1 / height, x2 / width, y2 / height
-        inside = ((centres >= fy1) & (centres < fy2))[:, None] & ((centres >= fx1) & (centres < fx2))[None, :]
-        out[inside] = (fx1, fy1, fx2, fy2)
+        out[_centres_inside((x1, y1, x2, y2), width, height, side)] = (x1 / width, y1 / height, x2 / width, y2 / height)
     return out.reshape(side * side, 4)
 
 
@@ -78,12 +84,11 @@ def finding_masks(findings: Sequence[tuple[str, Sequence[float]]], width: float,
     the box is smaller than a patch."""
     index = {c: i for i, c in enumerate(classes)}
     masks = np.zeros((len(findings), side, side), dtype=bool)
-    centres = (np.arange(side, dtype=np.float32) + 0.5) / side
     for f, (_, (x1, y1, x2, y2)) in enumerate(findings):
-        fx1, fy1, fx2, fy2 = x1 / width, y1 / height, x2 / width, y2 / height
-        masks[f] = ((centres >= fy1) & (centres < fy2))[:, None] & ((centres >= fx1) & (centres < fx2))[None, :]
+        masks[f] = _centres_inside((x1, y1, x2, y2), width, height, side)
         if not masks[f].any():
-            masks[f, min(int((fy1 + fy2) / 2 * side), side - 1), min(int((fx1 + fx2) / 2 * side), side - 1)] = True
+            row, col = int((y1 / height + y2 / height) / 2 * side), int((x1 / width + x2 / width) / 2 * side)
+            masks[f, min(row, side - 1), min(col, side - 1)] = True
     return np.array([index[c] for c, _ in findings], dtype=np.int64), masks.reshape(len(findings), side * side)
 
 

@@ -150,15 +150,17 @@ class VisionLanguageModel(L.LightningModule):
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits
         return F.cross_entropy(logits.flatten(0, 1).float(), targets[:, first:].flatten(), ignore_index=IGNORE_INDEX)
 
-    def training_step(self, batch, batch_idx):
-        loss = self(batch["images"], batch["text_ids"], batch["text_mask"], batch["text_labels"],
+    def _batch_loss(self, batch: dict) -> torch.Tensor:
+        return self(batch["images"], batch["text_ids"], batch["text_mask"], batch["text_labels"],
                     batch.get("image_keys"))
+
+    def training_step(self, batch, batch_idx):
+        loss = self._batch_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["images"]))
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss = self(batch["images"], batch["text_ids"], batch["text_mask"], batch["text_labels"],
-                    batch.get("image_keys"))
+        loss = self._batch_loss(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["images"]), sync_dist=True)
 
     # ----------------------------------------------------------------- generation
