@@ -12,15 +12,16 @@ this process's CPU time, i.e. per core, unless ``--clock wall``):
 - pydicom's raw pixel decode alone (``dcmread`` + ``pixel_array``), the reference;
 - the LiteGPT appendix A.1 code (float64 windowing, verbatim), its RGB conversion and a bilinear
   resize to ``--size``;
-- ``prepare``'s default path, exact: decode + window every pixel + resize (``load_cache_image``),
-  and the whole per-image job (``prepare_image``: that plus the PNG write);
-- the same with ``--reduce-first`` (box means of the stored values windowed; not exact).
+- ``prepare``'s path: window every pixel and box-reduce in one pass, then bilinear
+  (``load_cache_image``), and the whole per-image job (``prepare_image``: that plus the PNG
+  write);
+- the same image made in two passes, as before the one-pass kernel: the full-size 8-bit image
+  (``load_dicom_uint8``), then Pillow's reduce and bilinear (``resize_square``); checked equal.
 
-Then where the time goes, step by step (the same helpers, checked to give the same arrays), and
-how far ``--reduce-first`` lands from the default. Overheads compare whole paths: ``prepare``
-gets its pixels its own way (an uncompressed file is memory-mapped, not copied twice as
-``dcmread`` + ``pixel_array`` do), so part of its budget is what it does not copy. Files are read
-from the page cache (every round after the first).
+Then where the time goes, step by step (the same helpers, checked to give the same arrays).
+Overheads compare whole paths: ``prepare`` gets its pixels its own way (an uncompressed file is
+memory-mapped, not copied twice as ``dcmread`` + ``pixel_array`` do), so part of its budget is
+what it does not copy. Files are read from the page cache (every round after the first).
 
 The first ``--compressed`` images are also re-encoded as JPEG 2000 lossless and timed the same
 way (without the PNG write, over ``--compressed-rounds`` rounds): there decoding does real work, where an uncompressed file's decode is about two copies.
@@ -48,6 +49,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import JPEG2000Lossless
 
 from medgrounder.data import dicom
+from medgrounder.data.box_reduce import window_reduce
 from medgrounder.data.boxes import to_grid
 from medgrounder.data.dicom import load_dicom_uint8
 from medgrounder.data.prompts import identify_answer
@@ -91,7 +93,7 @@ def pydicom_decode(path: str) -> np.ndarray:
     return pydicom.dcmread(path).pixel_array
 
 
-# Step by step, with the loaders' own helpers (``load_dicom_uint8`` / ``load_dicom_reduced``,
+# Step by step, with the loaders' own helpers (``load_dicom_reduced`` / ``load_dicom_uint8``,
 # windowing "dicom"); each returns its result and {step: seconds}.
 
 
@@ -120,42 +122,36 @@ def steps_decode(path: str, size: int):
     return arr, c.steps
 
 
-def steps_default(path: str, size: int):
-    c = _Clock()
-    ds = dicom._open(path, True)
-    c.lap("header (dcmread, pixels deferred)")
-    arr, mask = dicom._stored_values(ds, path, True)
-    c.lap("pixels (map, or decode)")
-    table = dicom._table(ds, arr, "dicom", mask)
-    c.lap("window table (65,536 values)")
-    img = dicom._gather(table, arr)
-    c.lap("window: gather every pixel")
-    out = resize_square(img, size)
-    c.lap("resize (Pillow reduce + bilinear)")
-    return out, c.steps
-
-
-def steps_reduced(path: str, size: int):
+def steps_prepare(path: str, size: int):
     c = _Clock()
     ds = dicom._open(path, True)
     c.lap("header (dcmread, pixels deferred)")
     arr, mask = dicom._stored_values(ds, path, True)
     c.lap("pixels (map, or decode)")
     h, w = arr.shape
-    arr, top = dicom._checked_top(arr, mask)
-    c.lap("max (when Bits Stored < Allocated)")
-    kx, ky = dicom.reduce_factors(w, h, size)
-    means, total = dicom._box_means(arr, ky, kx, np.iinfo(arr.dtype).max if top is None else top)
-    c.lap("box means of stored values")
-    stats = dicom._Stats(arr).known(mean=total / arr.size)
-    if top is not None:
-        stats.known(max=float(top))
-    table = dicom._table(ds, arr, "dicom", stats=stats, top=top)
-    c.lap("window table (values up to the max)")
-    img = dicom._gather(table, means)
-    c.lap("window: gather box means")
+    stats = dicom._Stats(arr, mask)
+    table = dicom._table(ds, arr, "dicom", stats=stats, top=mask)
+    linear, codes = dicom._linear_window(ds, arr, "dicom", stats) or (None, None)
+    c.lap("window table (codes below Bits Stored)")
+    img = window_reduce(table, arr, *dicom.reduce_factors(w, h, size), mask, linear, codes)
+    c.lap("window + box reduction, one pass")
     out = resize_reduced(img, w, h, size)
-    c.lap("resize (bilinear from box means)")
+    c.lap("bilinear from the box means")
+    return out, c.steps
+
+
+def steps_two_pass(path: str, size: int):
+    c = _Clock()
+    ds = dicom._open(path, True)
+    c.lap("header (dcmread, pixels deferred)")
+    arr, mask = dicom._stored_values(ds, path, True)
+    c.lap("pixels (map, or decode)")
+    table = dicom._table(ds, arr, "dicom", mask)
+    c.lap("window table (65,536 codes)")
+    img = dicom._gather(table, arr)
+    c.lap("window: gather every pixel")
+    out = resize_square(img, size)
+    c.lap("resize (Pillow reduce + bilinear)")
     return out, c.steps
 
 
@@ -192,46 +188,39 @@ def _time_methods(paths: list[str], methods: dict, steps: dict, rounds: int, png
             {k: {s: _median_ms(v) for s, v in st.items()} for k, st in step_times.items()}, by_bits)
 
 
-STEPS = {"decode": steps_decode, "prepare": steps_default, "reduce": steps_reduced}
-STEP_TITLES = {"decode": "pydicom decode alone", "prepare": "prepare, default (exact)",
-               "reduce": "prepare --reduce-first"}
+STEPS = {"decode": steps_decode, "prepare": steps_prepare, "two_pass": steps_two_pass}
+STEP_TITLES = {"decode": "pydicom decode alone", "prepare": "prepare (one pass)",
+               "two_pass": "two passes (8-bit image, then Pillow)"}
 
 
 def _print_times(ms: dict[str, float], steps: dict, by_bits: dict) -> None:
     dec = ms["decode"]
     print(f"  pydicom decode alone (dcmread + pixel_array)     {dec:8.1f} ms/image")
     print(f"  LiteGPT appendix (float64) + RGB + resize        {ms['litegpt']:8.1f} ms/image")
-    for key, title in (("prepare", "prepare, default (exact)"), ("reduce", "prepare --reduce-first")):
-        print(f"  {title:32s} decode + window + resize {ms[key]:8.1f} ms/image  "
+    for key in ("prepare", "two_pass"):
+        print(f"  {STEP_TITLES[key]:38s} decode + window + resize {ms[key]:7.1f} ms/image  "
               f"{100 * (ms[key] / dec - 1):+7.1f} % over pydicom decode (target <= +30 %)")
-        if f"job_{key}" in ms:
-            job = ms[f"job_{key}"]
-            print(f"  {title:32s} whole job incl. PNG      {job:8.1f} ms/image  "
-                  f"{ms['litegpt'] / job:7.2f}x faster than LiteGPT per core (target >= 3x)")
+    if "job" in ms:
+        print(f"  prepare, whole job incl. PNG write               {ms['job']:8.1f} ms/image  "
+              f"{ms['litegpt'] / ms['job']:7.2f}x faster than LiteGPT per core (target >= 3x)")
     if len(by_bits) > 1:
-        print("  over pydicom decode by bits stored (sums of 14-16-bit values need 32-bit adds):")
+        print("  over pydicom decode by bits stored:")
         for b, m in by_bits.items():
-            print(f"      {b} bits: decode {m['decode']:6.1f} ms, default {100 * (m['prepare'] / m['decode'] - 1):+7.1f} %, "
-                  f"--reduce-first {100 * (m['reduce'] / m['decode'] - 1):+7.1f} %")
+            print(f"      {b} bits: decode {m['decode']:6.1f} ms, prepare {100 * (m['prepare'] / m['decode'] - 1):+7.1f} %, "
+                  f"two passes {100 * (m['two_pass'] / m['decode'] - 1):+7.1f} %")
     for key, st in steps.items():
         print(f"  where the time goes, {STEP_TITLES[key]} (sum {sum(st.values()):.1f} ms):")
         for step, t in st.items():
             print(f"      {step:40s} {t:7.2f} ms")
 
 
-def _accuracy(paths: list[str], size: int) -> str:
-    """How far --reduce-first lands from the default: per-pixel |difference| in grey levels."""
-    diff = np.concatenate([np.abs(load_cache_image(p, size, reduce_first=True)[0].astype(int)
-                                  - load_cache_image(p, size)[0]).ravel() for p in paths])
-    return (f"--reduce-first vs default: mean |diff| {diff.mean():.2f} grey levels, 99th percentile "
-            f"{np.percentile(diff, 99):.0f}, max {diff.max()}; {100 * np.mean(diff > 2):.2f} % of pixels off by more than 2")
-
-
 def _check_steps(paths: list[str], size: int) -> None:
-    """The step-by-step paths compute what the loaders compute."""
+    """The step-by-step paths and the two-pass path compute what ``prepare`` computes."""
     for p in paths:
-        assert np.array_equal(steps_default(p, size)[0], load_cache_image(p, size)[0])
-        assert np.array_equal(steps_reduced(p, size)[0], load_cache_image(p, size, reduce_first=True)[0])
+        want = load_cache_image(p, size)[0]
+        assert np.array_equal(resize_square(load_dicom_uint8(p), size), want), p
+        assert np.array_equal(steps_prepare(p, size)[0], want), p
+        assert np.array_equal(steps_two_pass(p, size)[0], want), p
 
 
 def bench_images(work: Path, n: int, size: int, rounds: int, compressed: int, compressed_rounds: int) -> None:
@@ -255,16 +244,14 @@ def bench_images(work: Path, n: int, size: int, rounds: int, compressed: int, co
         "decode": pydicom_decode,
         "litegpt": lambda p: litegpt_baseline(p, size),
         "prepare": lambda p: load_cache_image(p, size),
-        "reduce": lambda p: load_cache_image(p, size, reduce_first=True),
-        "job_prepare": lambda p: prepare_image((p, str(png), size, "dicom", False)),
-        "job_reduce": lambda p: prepare_image((p, str(png), size, "dicom", True)),
+        "two_pass": lambda p: resize_square(load_dicom_uint8(p), size),
+        "job": lambda p: prepare_image((p, str(png), size, "dicom")),
     }
     _print_times(*_time_methods(paths, methods, STEPS, rounds, png, size))
     print(f"  fast windowing identical to the float reference: {same}/{len(paths)} images; "
           f"windowing='litegpt' identical to the appendix code: {paper}/{len(paths)}")
-    print(f"  {_accuracy(paths, size)}")
     if compressed:
-        no_jobs = {k: v for k, v in methods.items() if not k.startswith("job")}
+        no_jobs = {k: v for k, v in methods.items() if k != "job"}
         bench_compressed(work, paths[:compressed], no_jobs, compressed_rounds, png, size)
 
 
@@ -283,7 +270,6 @@ def bench_compressed(work: Path, paths: list[str], methods: dict, rounds: int, p
     print(f"\nThe first {len(j2k)} of them as JPEG 2000 lossless ({same}/{len(j2k)} decode to the same image); "
           f"{rounds} rounds")
     _print_times(*_time_methods(j2k, methods, STEPS, rounds, png, size))
-    print(f"  {_accuracy(j2k, size)}")
 
 
 def _cut_csv(path: Path, rows: int) -> int:

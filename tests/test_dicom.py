@@ -3,17 +3,18 @@ import mmap
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+import medgrounder.data.box_reduce as box_reduce
 import medgrounder.data.dicom as dicom_module
 from medgrounder.data.dicom import (
     WINDOWINGS,
     DicomReadError,
     _native_pixels,
     _Stats,
-    _to_uint8,
     load_dicom_reduced,
     load_dicom_uint8,
     read_dicom_size,
@@ -325,8 +326,8 @@ def test_output_does_not_use_the_mapping(tmp_path, monkeypatch):
     np.testing.assert_array_equal(out, expected)
 
 
-# load_dicom_reduced: box means of the stored values, then the same windowing (not exact vs
-# windowing every pixel; exact vs windowing the box means).
+# load_dicom_reduced: every pixel windowed, then Pillow's box reduction, in one pass: exactly
+# Image.reduce of load_dicom_uint8.
 
 
 def test_reduce_factors():
@@ -335,14 +336,9 @@ def test_reduce_factors():
     assert reduce_factors(100, 40, 448) == (1, 1)
 
 
-def _box_means_reference(img, ky, kx):
-    """Plain float64 mean of every box (partial at the far edges), rounded half up."""
-    h, w = img.shape
-    out = np.empty((-(-h // ky), -(-w // kx)), dtype=np.int64)
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            out[i, j] = np.floor(img[i * ky:(i + 1) * ky, j * kx:(j + 1) * kx].astype(np.float64).mean() + 0.5)
-    return out
+def _pillow_reduced(path, windowing, size):
+    img = load_dicom_uint8(path, windowing, fast=False)
+    return np.asarray(Image.fromarray(img).reduce(reduce_factors(img.shape[1], img.shape[0], size)))
 
 
 REDUCE_CASES = {  # stored values, tags; shapes leave partial boxes at the far edges
@@ -351,34 +347,53 @@ REDUCE_CASES = {  # stored values, tags; shapes leave partial boxes at the far e
     "16_bit_rescale": (RNG.integers(0, 65536, (40, 61)),
                        {"bits_stored": 16, "RescaleSlope": "2", "RescaleIntercept": "-1000",
                         "WindowCenter": "60000", "WindowWidth": "90000"}),
+    "16_bit_no_window": (RNG.integers(3000, 60000, (40, 61)), {"bits_stored": 16}),
+    "14_bit_linear_exact_mono1": (RNG.integers(0, 16384, (39, 44)),
+                                  {"bits_stored": 14, "photometric": "MONOCHROME1", "WindowCenter": "8000.5",
+                                   "WindowWidth": "5000.25", "VOILUTFunction": "LINEAR_EXACT"}),
     "8_bit": (RNG.integers(0, 256, (33, 29)), {"bits_allocated": 8, "bits_stored": 8}),
     "signed": (RNG.integers(-2048, 2048, (35, 41)), {"signed": True, "WindowCenter": "0", "WindowWidth": "3000"}),
     "sigmoid": (RNG.integers(0, 4096, (47, 53)),
                 {"WindowCenter": "2000", "WindowWidth": "800", "VOILUTFunction": "SIGMOID"}),
+    "threshold": (RNG.integers(0, 4096, (30, 30)), {"WindowCenter": "2000", "WindowWidth": "1"}),
 }
 
 
 @pytest.mark.parametrize("windowing", WINDOWINGS)
 @pytest.mark.parametrize("case", sorted(REDUCE_CASES))
-@pytest.mark.parametrize("size", [4, 7, 10, 15])  # sums in 16 / 32 bits, partial boxes
-def test_reduced_is_the_window_of_the_box_means(tmp_path, case, windowing, size, reading):
+@pytest.mark.parametrize("size", [4, 7, 10, 15, 100])  # partial boxes; 100: no reduction
+def test_reduced_is_pillows_reduction_of_the_windowed_image(tmp_path, case, windowing, size, reading):
     pixels, tags = REDUCE_CASES[case]
     f = write_dicom(tmp_path / f"{case}.dcm", pixels, **tags)
     out, width, height = load_dicom_reduced(f, size, windowing)
-    kx, ky = reduce_factors(width, height, size)
-    assert (width, height) == (pixels.shape[1], pixels.shape[0]) and max(kx, ky) > 1
-    ds = pydicom.dcmread(f)
-    full = ds.pixel_array
-    means = _box_means_reference(full, ky, kx).astype(full.dtype)
-    np.testing.assert_array_equal(out, _to_uint8(ds, means, windowing, _Stats(full)))
+    assert (width, height) == (pixels.shape[1], pixels.shape[0])
+    np.testing.assert_array_equal(out, _pillow_reduced(f, windowing, size))
 
 
-def test_reduced_without_reduction_is_exact(tmp_path):
-    f = write_dicom(tmp_path / "a.dcm", NOISE, WindowCenter="1500", WindowWidth="900")
-    for windowing in WINDOWINGS:
-        out, width, height = load_dicom_reduced(f, 40, windowing)
-        assert (width, height) == (45, 31)
-        np.testing.assert_array_equal(out, load_dicom_uint8(f, windowing))
+@pytest.mark.parametrize("case", ["12_bit_window", "12_bit_no_window_mono1", "16_bit_rescale", "16_bit_no_window",
+                                  "14_bit_linear_exact_mono1", "8_bit"])
+def test_linear_windows_take_the_arithmetic(tmp_path, case):
+    """The linear windows of "dicom" (the standard's, LINEAR_EXACT, min..max) reproduce their
+    tables on every code they can meet, so their pixels are windowed by arithmetic."""
+    pixels, tags = REDUCE_CASES[case]
+    ds = pydicom.dcmread(write_dicom(tmp_path / f"{case}.dcm", pixels, **tags))
+    arr = ds.pixel_array
+    stats = _Stats(arr)
+    linear, codes = dicom_module._linear_window(ds, arr, "dicom", stats)
+    assert box_reduce.linear_matches(linear, dicom_module._table(ds, arr, "dicom", stats=stats), codes)
+
+
+@pytest.mark.parametrize("case", ["signed", "sigmoid", "threshold", "litegpt"])
+def test_other_windows_take_the_table(tmp_path, case, monkeypatch):
+    pixels, tags = REDUCE_CASES["12_bit_window" if case == "litegpt" else case]
+    f = write_dicom(tmp_path / f"{case}.dcm", pixels, **tags)
+    checked = []
+    monkeypatch.setattr(box_reduce, "linear_matches", lambda *a: checked.append(a) or True)
+    load_dicom_reduced(f, 7, "litegpt" if case == "litegpt" else "dicom")
+    assert checked == []
+    linear_pixels, linear_tags = REDUCE_CASES["12_bit_window"]
+    load_dicom_reduced(write_dicom(tmp_path / "linear.dcm", linear_pixels, **linear_tags), 7)
+    assert len(checked) == 1
 
 
 def test_reduced_masks_before_averaging(tmp_path, reading):
@@ -387,31 +402,27 @@ def test_reduced_masks_before_averaging(tmp_path, reading):
     g = write_dicom(tmp_path / "clean.dcm", clean, WindowCenter="2000", WindowWidth="3000")
     out, *_ = load_dicom_reduced(f, 5)
     np.testing.assert_array_equal(out, load_dicom_reduced(g, 5)[0])
+    np.testing.assert_array_equal(out, _pillow_reduced(g, "dicom", 5))
 
 
 def test_reduced_float_path_windows_first(tmp_path):
-    """A Modality LUT Sequence has no lookup table: every pixel is windowed, then averaged."""
+    """A Modality LUT Sequence has no lookup table: every pixel is windowed, then reduced."""
     item = Dataset()
     item.LUTDescriptor = [4096, 0, 16]
     item.ModalityLUTType = "US"
     item.add_new(0x00283006, "US", [(i * i) >> 8 for i in range(4096)])  # LUT Data
     f = write_dicom(tmp_path / "mlut.dcm", RNG.integers(0, 4096, (23, 19)), ModalityLUTSequence=[item])
-    full = load_dicom_uint8(f, fast=False)
-    assert full.std() > 0
-    out, width, height = load_dicom_reduced(f, 4)
-    kx, ky = reduce_factors(width, height, 4)
-    np.testing.assert_array_equal(out, _box_means_reference(full, ky, kx))
+    assert load_dicom_uint8(f, fast=False).std() > 0
+    np.testing.assert_array_equal(load_dicom_reduced(f, 4)[0], _pillow_reduced(f, "dicom", 4))
 
 
-def test_reduced_close_to_windowing_every_pixel(synth_vindr_root):
-    """On radiograph-like images, with 6 x 6 boxes (a 2,700-pixel film for a 448 cache), the box
-    means' window is within a grey level of the means of the windowed pixels on average; boxes
-    across an edge where the window clips differ by up to tens of levels."""
-    for path in sorted(synth_vindr_root.glob("train/*.dicom"))[:8]:
+def test_reduced_on_full_size_films(synth_vindr_root):
+    """Radiograph-like films at 6 x 6 boxes (a 2,700-pixel film for a 448 cache), both
+    windowings."""
+    for path in sorted(synth_vindr_root.glob("train/*.dicom"))[:6]:
         full = load_dicom_uint8(path)
         size = min(full.shape) // 6
-        out, width, height = load_dicom_reduced(path, size)
-        kx, ky = reduce_factors(width, height, size)
-        assert min(kx, ky) == 6
-        diff = np.abs(out.astype(int) - _box_means_reference(full, ky, kx))
-        assert diff.mean() < 1.0 and np.median(diff) <= 1, path
+        for windowing in WINDOWINGS:
+            np.testing.assert_array_equal(load_dicom_reduced(path, size, windowing)[0],
+                                          _pillow_reduced(path, windowing, size))
+

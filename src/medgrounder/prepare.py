@@ -1,7 +1,7 @@
 """Prepare datasets once: DICOM -> resized 8-bit image cache + ``annotations.jsonl`` (design §6).
 
 ``python -m medgrounder.prepare vindr --root RAW --out DIR [--size N] [--workers W]
-[--windowing dicom|litegpt] [--layout physionet|kaggle] [--reduce-first]`` writes::
+[--windowing dicom|litegpt] [--layout physionet|kaggle]`` writes::
 
     DIR/prepare.json                      the settings; a re-run with other settings stops
     DIR/images/<split>/<image_id>.png     8-bit grey, N x N (aspect not kept, as LiteGPT); text
@@ -14,19 +14,17 @@
     DIR/report.json                       RAW, counts, reader conflicts, missing and unreadable
                                           files
 
-Images are windowed at full size by :func:`~medgrounder.data.dicom.load_dicom_uint8`, then
-resized with Pillow's bilinear filter after an integer box reduction (``reducing_gap=2``: 2-3x
-faster than the full-support filter, on average 0.2 grey levels from it). The boxes stay in
-original pixels; the 0-100 grid is computed from the header's width and height.
-
-``--reduce-first`` trades exactness for speed: the *stored* values are averaged over integer
-boxes first (:func:`~medgrounder.data.dicom.load_dicom_reduced`, to between N and 2N - 1 a
-side), only those averages are windowed, and the bilinear filter finishes at N. On full-size
-uncompressed films that is about 2.4x less time per image than the default, whose cost is
-windowing every pixel (a table gather, ~0.9 ns a pixel) and Pillow's reduction of the full-size
-8-bit image (``bench/bench_prepare.py``). Its images are on average 0.4 grey levels from the
-default's, 1 % of pixels more than 2 levels, and up to ~100 levels on edges where the window
-clips (the window of a box's mean instead of the mean of its windowed pixels).
+Every pixel is windowed as :func:`~medgrounder.data.dicom.load_dicom_uint8` windows it; the
+8-bit values are averaged over integer boxes to between N and 2N - 1 a side, and Pillow's
+bilinear filter finishes at N. That is ``Image.resize((N, N), BILINEAR, reducing_gap=1)`` of
+the full-size windowed image (:func:`resize_square`) bit for bit, but the windowing and the box
+reduction run as one pass over the stored values
+(:func:`~medgrounder.data.dicom.load_dicom_reduced`), so the full-size 8-bit image is never
+made. On full-size uncompressed films the whole path (header, pixels, window, resize) costs
+about 20 % more than pydicom's decode alone, where windowing every pixel and then Pillow's
+resize cost 190 % more (``bench/bench_prepare.py``). The result is 0.3 grey levels on average
+from Pillow's full-support bilinear filter. The boxes stay in original pixels; the 0-100 grid is
+computed from the header's width and height.
 
 A run is resumable and safe to kill: every file is written under a temporary name and renamed
 into place (``os.replace``), finished images are skipped, stale temporary files are removed.
@@ -54,7 +52,6 @@ from medgrounder.data.dicom import (
     WINDOWINGS,
     DicomReadError,
     load_dicom_reduced,
-    load_dicom_uint8,
     reduce_factors,
 )
 from medgrounder.data.vindr import (
@@ -69,8 +66,8 @@ from medgrounder.data.vindr import (
 SETTINGS_FILE = "prepare.json"
 ANNOTATIONS_FILE = "annotations.jsonl"
 REPORT_FILE = "report.json"
-FORMAT_VERSION = 1
-REDUCING_GAP = 2.0
+FORMAT_VERSION = 2  # 2: box reduction to N..2N-1 (reducing_gap 1), was 2N..3N-1
+REDUCING_GAP = 1.0
 PNG_COMPRESS_LEVEL = 1  # fast; level 6 is 4x slower for a few percent smaller files
 
 
@@ -101,26 +98,23 @@ def _remove_stale_tmp(out: Path) -> int:
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """``uint8 [H, W]`` -> ``uint8 [size, size]`` (bilinear after a box reduction)."""
+    """``uint8 [H, W]`` -> ``uint8 [size, size]``: bilinear after an integer box reduction."""
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR, reducing_gap=REDUCING_GAP))
 
 
 def resize_reduced(img: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
-    """The box means of :func:`~medgrounder.data.dicom.load_dicom_reduced` (of a ``width x
-    height`` image) -> ``uint8 [size, size]`` (bilinear; the box keeps the original geometry,
-    partial edge boxes included, as Pillow's own reduce-then-resize does)."""
+    """The box reduction of a ``width x height`` image (:func:`~medgrounder.data.dicom.reduce_factors`)
+    -> ``uint8 [size, size]``: the rest of :func:`resize_square` (bilinear over the box that
+    keeps the original geometry, partial edge boxes included, as Pillow's own resize does)."""
     kx, ky = reduce_factors(width, height, size)
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR, box=(0, 0, width / kx, height / ky)))
 
 
-def load_cache_image(src: str, size: int, windowing: str = "dicom", reduce_first: bool = False
-                     ) -> tuple[np.ndarray, int, int]:
-    """A DICOM file -> ``(uint8 [size, size], original width, original height)``."""
-    if reduce_first:
-        img, width, height = load_dicom_reduced(src, size, windowing)
-        return resize_reduced(img, width, height, size), width, height
-    img = load_dicom_uint8(src, windowing=windowing)
-    return resize_square(img, size), img.shape[1], img.shape[0]
+def load_cache_image(src: str, size: int, windowing: str = "dicom") -> tuple[np.ndarray, int, int]:
+    """A DICOM file -> ``(uint8 [size, size], original width, original height)``; equal to
+    ``resize_square(load_dicom_uint8(src, windowing), size)``."""
+    img, width, height = load_dicom_reduced(src, size, windowing)
+    return resize_reduced(img, width, height, size), width, height
 
 
 def _png_size(path: Path) -> tuple[int, int] | None:
@@ -132,19 +126,18 @@ def _png_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def prepare_image(job: tuple[str, str, int, str, bool]) -> tuple[str, int, int, str]:
-    """One image: ``(dicom, png, size, windowing, reduce_first)`` -> ``(status, width, height,
-    reason)``.
+def prepare_image(job: tuple[str, str, int, str]) -> tuple[str, int, int, str]:
+    """One image: ``(dicom, png, size, windowing)`` -> ``(status, width, height, reason)``.
 
     ``status`` is ``written``, ``exists`` (finished by an earlier run) or ``unreadable`` (with
     the reason). Runs in the worker processes.
     """
-    src, dst, size, windowing, reduce_first = job
+    src, dst, size, windowing = job
     dst_path = Path(dst)
     if dst_path.is_file() and (wh := _png_size(dst_path)) is not None:
         return "exists", *wh, ""
     try:
-        img, width, height = load_cache_image(src, size, windowing, reduce_first)
+        img, width, height = load_cache_image(src, size, windowing)
     except (DicomReadError, OSError) as e:
         return "unreadable", 0, 0, getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
     info = PngImagePlugin.PngInfo()
@@ -259,7 +252,7 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 def prepare_vindr(root: str | Path, out: str | Path, size: int = 448, workers: int = 1,
                   windowing: str = "dicom", layout: str = "physionet", dedup_iou: float = 0.5,
-                  dedup_mode: str = "medoid", reduce_first: bool = False) -> dict:
+                  dedup_mode: str = "medoid") -> dict:
     """Prepare VinDr-CXR from ``root`` (PhysioNet or Kaggle layout) into ``out``; return the
     report (also written to ``out/report.json``)."""
     if windowing not in WINDOWINGS:
@@ -271,7 +264,7 @@ def prepare_vindr(root: str | Path, out: str | Path, size: int = 448, workers: i
     start = time.perf_counter()
     root, out = Path(root), Path(out)
     settings = {"dataset": "vindr", "layout": layout, "size": size, "windowing": windowing,
-                "reduce_first": bool(reduce_first), "dedup_iou": dedup_iou, "dedup_mode": dedup_mode,
+                "dedup_iou": dedup_iou, "dedup_mode": dedup_mode,
                 "format": FORMAT_VERSION}
     _check_settings(out, settings)
     stale = _remove_stale_tmp(out)
@@ -289,8 +282,8 @@ def prepare_vindr(root: str | Path, out: str | Path, size: int = 448, workers: i
                 todo.append(iid)
             else:
                 report["missing_files"].append({"image_id": iid, "split": split})
-        jobs = [(str(dicom_path(root, split, i)), str(out / "images" / split / f"{i}.png"), size, windowing,
-                 bool(reduce_first)) for i in todo]
+        jobs = [(str(dicom_path(root, split, i)), str(out / "images" / split / f"{i}.png"), size, windowing)
+                for i in todo]
         results = _run(prepare_image, jobs, workers, f"prepare vindr {split}")
         sizes = {}
         for iid, (status, width, height, reason) in zip(todo, results, strict=True):
@@ -321,8 +314,7 @@ def prepare_vindr(root: str | Path, out: str | Path, size: int = 448, workers: i
 def _cmd_vindr(args: argparse.Namespace) -> dict:
     report = prepare_vindr(args.root, args.out, size=args.size, workers=args.workers,
                            windowing=args.windowing, layout=args.layout,
-                           dedup_iou=args.dedup_iou, dedup_mode=args.dedup_mode,
-                           reduce_first=args.reduce_first)
+                           dedup_iou=args.dedup_iou, dedup_mode=args.dedup_mode)
     return {k: v for k, v in report.items() if k != "splits"} | {
         "missing_files": len(report["missing_files"]), "unreadable_files": len(report["unreadable_files"])}
 
@@ -339,9 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.add_argument("--windowing", choices=WINDOWINGS, default="dicom",
                    help="dicom (the standard's VOI, default) or litegpt (the paper's appendix code)")
-    p.add_argument("--reduce-first", action="store_true",
-                   help="average stored values over integer boxes before windowing: ~2x faster, "
-                        "not exact (0.4 grey levels on average, more on clipped edges; module docstring)")
     p.add_argument("--layout", choices=LAYOUTS, default="physionet",
                    help="physionet (annotations/*.csv) or kaggle (VinBigData train.csv)")
     p.add_argument("--dedup-iou", type=float, default=0.5, help="merge boxes of a class above this IoU")

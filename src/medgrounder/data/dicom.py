@@ -25,9 +25,9 @@ copies (file read, ``pixel_array``); bits above *Bits Stored* are masked inside 
 ``pixel_array`` masks them). ``load_dicom_uint8(..., fast=False)`` is the plain reference both
 paths are tested against.
 
-For a small cache image, :func:`load_dicom_reduced` averages integer boxes of *stored* values
-first and windows only the averages: about 2x faster, but not exact (module ``prepare``,
-``--reduce-first``).
+For a small cache image, :func:`load_dicom_reduced` windows every pixel and averages integer
+boxes of the windowed values in one pass, without the full-size 8-bit image (module
+``prepare``).
 """
 
 from __future__ import annotations
@@ -44,12 +44,17 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medgrounder.data.box_reduce import LinearWindow, window_reduce
+
 WINDOWINGS = ("dicom", "litegpt")
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _LUT_CHUNK = 1 << 16  # stored values gathered per step: np.take's intp index copy stays in cache
 # Elements longer than this are left in the file by dcmread (pixel data: mapped, or read on use).
 _DEFER_BYTES = 1 << 20
+_IDENTITY = np.arange(256, dtype=np.uint8)
+# Map every page at once (Linux): cheaper than a page fault per 64 KiB on first touch.
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
 class DicomReadError(ValueError):
@@ -125,7 +130,7 @@ def _native_pixels(ds: pydicom.Dataset, path: str | PathLike | None = None) -> t
         with open(path, "rb") as f:
             if need == 0 or os.fstat(f.fileno()).st_size < elem.value_tell + need:
                 return None  # truncated or empty: pydicom reports why
-            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ, flags=_MAP_FLAGS)
         offset = elem.value_tell
     else:
         data, offset = ds.PixelData, 0
@@ -148,11 +153,6 @@ class _Stats:
     def __init__(self, arr: np.ndarray, mask: int | None = None):
         self._arr = arr
         self._mask = mask
-
-    def known(self, **values: float) -> _Stats:
-        """Set statistics computed elsewhere (exactly as the properties compute them)."""
-        self.__dict__.update(values)
-        return self
 
     @cached_property
     def _values(self) -> np.ndarray:
@@ -229,16 +229,19 @@ def _window_dicom(ds: pydicom.Dataset, arr: np.ndarray, stats: _Stats | None = N
         lo, hi = float(lut.min()), float(lut.max())
         return (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
 
-    if stats is None:
-        lo, hi = float(x.min()), float(x.max())
-    else:  # the transform of the stored extremes, with the same float32 operations
-        ends, _ = _modality(ds, np.array([stats.min, stats.max], dtype=arr.dtype))
-        lo, hi = float(ends.min()), float(ends.max())
+    lo, hi = (float(x.min()), float(x.max())) if stats is None else _modality_range(ds, arr, stats)
     if hi <= lo:
         return np.zeros_like(x)
     x -= np.float32(lo)
     x *= np.float32(1.0 / (hi - lo))
     return x
+
+
+def _modality_range(ds: pydicom.Dataset, arr: np.ndarray, stats: _Stats) -> tuple[float, float]:
+    """The image's range after the modality LUT: the transform of the stored extremes, with the
+    same float32 operations as the image's."""
+    ends, _ = _modality(ds, np.array([stats.min, stats.max], dtype=arr.dtype))
+    return float(ends.min()), float(ends.max())
 
 
 def _window_litegpt(ds: pydicom.Dataset, arr: np.ndarray, stats: _Stats | None = None) -> np.ndarray:
@@ -272,6 +275,39 @@ def _to_uint8(ds: pydicom.Dataset, arr: np.ndarray, windowing: str, stats: _Stat
     y *= np.float32(255)
     with np.errstate(invalid="ignore"):  # domain values absent from the image may fall outside
         return np.rint(y, out=y).astype(np.uint8)
+
+
+def _linear_window(ds: pydicom.Dataset, arr: np.ndarray, windowing: str, stats: _Stats
+                   ) -> tuple[LinearWindow, tuple[int, int] | None] | None:
+    """The float32 arithmetic of ``_window_dicom`` and ``_to_uint8`` where it is linear, and the
+    codes it must reproduce the table on (``None``: all): a window (the standard's linear
+    function or ``LINEAR_EXACT``), or the data's min..max (codes min..max only, as the window of
+    codes outside them is not linear); ``None`` for every other windowing."""
+    if windowing != "dicom" or "ModalityLUTSequence" in ds:
+        return None
+    slope, intercept = _first(ds.get("RescaleSlope")), _first(ds.get("RescaleIntercept"))
+    flip = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+    f32 = np.float32
+
+    def linear(offset, divisor, scale, shift):
+        return LinearWindow(f32(1 if slope is None else slope), f32(intercept or 0), f32(offset), f32(divisor),
+                            f32(scale), f32(shift), f32(-1 if flip else 1), f32(1 if flip else 0))
+
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is not None and width is not None and width > 0:
+        func = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+        c, w = f32(center), f32(width)
+        if func == "LINEAR_EXACT":
+            return linear(c, w, 1, 0.5), None
+        if func == "SIGMOID" or width <= 1:
+            return None
+        return linear(c - f32(0.5), w - 1, 1, 0.5), None  # the standard's linear function
+    if ds.get("VOILUTSequence"):
+        return None
+    lo, hi = _modality_range(ds, arr, stats)
+    if hi <= lo:
+        return None
+    return linear(lo, 1, f32(1.0 / (hi - lo)), 0), (int(stats.min), int(stats.max))
 
 
 def _lut_ok(ds: pydicom.Dataset, arr: np.ndarray) -> bool:
@@ -329,87 +365,24 @@ def load_dicom_uint8(path: str | PathLike, windowing: str = "dicom", *, fast: bo
 
 
 # --------------------------------------------------------------------------------------------
-# Box reduction before windowing (an approximation, for small cache images)
+# Windowed and box-reduced in one pass (the cache images of ``prepare``)
 
 
 def reduce_factors(width: int, height: int, size: int) -> tuple[int, int]:
-    """Integer box factors ``(x, y)`` that bring a ``width x height`` image to between ``size``
-    and ``2 * size - 1`` pixels a side (1 on a side already below ``2 * size``)."""
+    """Integer box factors ``(x, y)`` that Pillow's ``resize(..., reducing_gap=1)`` reduces a
+    ``width x height`` image by on its way to ``size x size``: to between ``size`` and
+    ``2 * size - 1`` pixels a side (1 on a side already below ``2 * size``)."""
     return max(1, width // size), max(1, height // size)
 
 
-def _sum_type(arr: np.ndarray, n: int, top: int) -> np.dtype:
-    """Narrowest integer type that holds sums of ``n`` values of ``arr`` (at most ``top``):
-    numpy adds same-type arrays about 3x faster than it widens them on the fly."""
-    if arr.dtype.kind == "u":
-        for t in (arr.dtype, np.uint16, np.uint32):
-            if n * top <= np.iinfo(t).max:
-                return np.dtype(t)
-        return np.dtype(np.uint64)
-    return np.dtype(np.int32 if n * 2 ** (8 * arr.itemsize) < 2**31 else np.int64)
-
-
-def _box_means(arr: np.ndarray, ky: int, kx: int, top: int) -> tuple[np.ndarray, int]:
-    """Mean of every ``ky x kx`` box of an integer image (the last row and column of boxes
-    keep what is left), rounded half up, in ``arr``'s dtype, and the sum of all values;
-    ``top`` bounds the values."""
-    if ky == kx == 1:
-        return arr, int(arr.sum(dtype=np.int64))
-    h, w = arr.shape
-    hf, wf = h // ky, w // kx
-    hk, wk = -(-h // ky), -(-w // kx)
-    row_t, box_t = _sum_type(arr, ky, top), _sum_type(arr, ky * kx, top)
-    rows = np.empty((hk, w), row_t)
-    arr[:hf * ky].reshape(hf, ky, w).sum(axis=1, dtype=row_t, out=rows[:hf])
-    if hk > hf:
-        arr[hf * ky:].sum(axis=0, dtype=row_t, out=rows[hf])
-    sums = np.empty((hk, wk), box_t)
-    body = sums[:, :wf]
-    # Strided adds of whole columns: numpy reduces a short inner axis several times slower.
-    if kx == 1:
-        np.copyto(body, rows)
-    else:
-        np.add(rows[:, 0:wf * kx:kx], rows[:, 1:wf * kx:kx], out=body, dtype=box_t)
-    for j in range(2, kx):
-        np.add(body, rows[:, j:wf * kx:kx], out=body)
-    if wk > wf:
-        rows[:, wf * kx:].sum(axis=1, dtype=box_t, out=sums[:, wf])
-    # float64 holds every sum exactly and a mean's distance to a half (>= 1 / (2 * count)) far
-    # above its rounding error, so this is the integer half-up rounding, at float speed.
-    means = np.divide(sums, ky * kx, dtype=np.float64)
-    if hk > hf or wk > wf:  # partial boxes on the far edges
-        counts_y = np.minimum(ky, h - ky * np.arange(hk))
-        counts_x = np.minimum(kx, w - kx * np.arange(wk))
-        means[hf:] = sums[hf:] / (counts_y[hf:, None] * counts_x)
-        means[:, wf:] = sums[:, wf:] / (counts_y[:, None] * counts_x[wf:])
-    means += 0.5
-    return np.floor(means, out=means).astype(arr.dtype), int(sums.sum(dtype=np.int64 if arr.dtype.kind == "i" else np.uint64))
-
-
-def _checked_top(arr: np.ndarray, mask: int | None) -> tuple[np.ndarray, int | None]:
-    """``(arr, its largest value)`` with bits above Bits Stored masked, for raw unsigned values
-    (``mask`` set); ``(arr, None)`` otherwise, without a pass. The largest value picks the box
-    sums' type and the table's length."""
-    if mask is None:
-        return arr, None
-    top = int(arr.max())
-    if top > mask:
-        arr = arr & arr.dtype.type(mask)
-        top = int(arr.max())
-    return arr, top
-
-
 def load_dicom_reduced(path: str | PathLike, size: int, windowing: str = "dicom") -> tuple[np.ndarray, int, int]:
-    """``(image, width, height)``: the file's stored values averaged over integer boxes
-    (:func:`reduce_factors` for ``size``; edge boxes partial), *then* windowed as
-    :func:`load_dicom_uint8` windows (same table, whole-image statistics), and the original size.
+    """``(image, width, height)``: every pixel windowed as :func:`load_dicom_uint8` windows it,
+    then averaged over integer boxes (:func:`reduce_factors` for ``size``) as Pillow's
+    ``Image.reduce`` averages, and the original size.
 
-    Cheaper than windowing every pixel (a few passes over the stored values instead of a gather
-    per pixel, then a gather over the small image) but not exact: windowing is not linear
-    (clipping at the window's ends, rounding), so a box straddling a window end or an edge gets
-    the window of its mean rather than the mean of its windowed pixels. With no reduction
-    (an image below ``2 * size``) the result is :func:`load_dicom_uint8`'s exactly. Images that
-    need a float path (a *Modality LUT Sequence*, float or 32-bit pixels) are windowed first.
+    Equal to ``Image.fromarray(load_dicom_uint8(path, windowing)).reduce(reduce_factors(w, h,
+    size))`` bit for bit, in one pass over the stored values without the full-size 8-bit image
+    (:func:`~medgrounder.data.box_reduce.window_reduce`).
     """
     if windowing not in WINDOWINGS:
         raise ValueError(f"windowing must be one of {WINDOWINGS}, got {windowing!r}")
@@ -419,13 +392,12 @@ def load_dicom_reduced(path: str | PathLike, size: int, windowing: str = "dicom"
     arr, mask = _stored_values(ds, path, True)
     h, w = arr.shape
     kx, ky = reduce_factors(w, h, size)
-    if not _lut_ok(ds, arr):
+    if not _lut_ok(ds, arr):  # float pixels or a Modality LUT Sequence: window, then reduce
         if mask is not None:
             arr = arr & arr.dtype.type(mask)
-        return _box_means(_to_uint8(ds, arr, windowing), ky, kx, 255)[0], w, h
-    arr, top = _checked_top(arr, mask)
-    means, total = _box_means(arr, ky, kx, np.iinfo(arr.dtype).max if top is None else top)
-    stats = _Stats(arr).known(mean=total / arr.size)  # _Stats.mean, from the box sums
-    if top is not None:
-        stats.known(max=float(top))
-    return _gather(_table(ds, arr, windowing, stats=stats, top=top), means), w, h
+        return window_reduce(_IDENTITY, _to_uint8(ds, arr, windowing), kx, ky), w, h
+    # With a Bits Stored mask the table needs only the codes below it.
+    stats = _Stats(arr, mask)
+    table = _table(ds, arr, windowing, stats=stats, top=mask)
+    linear, codes = _linear_window(ds, arr, windowing, stats) or (None, None)
+    return window_reduce(table, arr, kx, ky, mask, linear, codes), w, h

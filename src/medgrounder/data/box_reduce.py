@@ -1,0 +1,159 @@
+"""Window and box-reduce a radiograph in one pass: the 8-bit value of every stored pixel summed
+over integer boxes, without the full-size 8-bit image in between.
+
+The result is Pillow's ``Image.reduce((kx, ky))`` of the windowed image, bit for bit: the same
+boxes (the last row and column keep what is left) and Pillow's fixed-point rounding,
+``((sum + count // 2) * multiplier(count)) >> 24`` (``libImaging/Reduce.c``). Windowing every
+pixel before averaging is what makes it exact; one pass over the stored values, instead of a
+gather, a full-size 8-bit image and a second pass, is what makes it fast
+(``bench/bench_prepare.py``).
+
+A pixel's 8-bit value comes from the window table of :mod:`medgrounder.data.dicom` (one entry
+per stored code), or, for a linear window (the standard's, ``LINEAR_EXACT``, or the data's
+min..max), from the same float32 arithmetic that built the table (:class:`LinearWindow`):
+vectorised, and with no 64 KiB table competing for the cache on 16-bit images. The arithmetic
+is used only after it has given every table entry the image can use.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+_ROUND = np.float32(2.0**23)  # (y + 2**23) - 2**23 rounds half to even, as np.rint, for 0 <= y < 2**22
+
+
+class LinearWindow(NamedTuple):
+    """A linear window as :func:`medgrounder.data.dicom._window_dicom` evaluates it, in float32:
+    ``y = clip(((code * slope + intercept) - offset) / divisor * scale + shift, 0, 1)``, then
+    ``round((y * flip_scale + flip_offset) * 255)`` (``-1, 1`` for MONOCHROME1, else ``1, 0``).
+    Factors of 1 and terms of 0 stand for the operations numpy skips: they change no bits."""
+
+    slope: np.float32
+    intercept: np.float32
+    offset: np.float32
+    divisor: np.float32
+    scale: np.float32
+    shift: np.float32
+    flip_scale: np.float32
+    flip_offset: np.float32
+
+
+_NO_LINEAR = LinearWindow(*np.zeros(8, np.float32))
+
+
+@njit(inline="always", error_model="numpy")
+def _by_linear(code, linear):  # pragma: no cover - compiled
+    # Each operation is one float32 operation of the numpy code, in its order: the same bits.
+    slope, intercept, offset, divisor, scale, shift, flip_scale, flip_offset = linear
+    x = np.float32(np.int32(code)) * slope + intercept
+    y = (x - offset) / divisor * scale + shift
+    y = min(max(y, np.float32(0)), np.float32(1))
+    y = (y * flip_scale + flip_offset) * np.float32(255)
+    return np.uint32(np.int32((y + _ROUND) - _ROUND))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _reduce(table, linear, by_linear, src, mask, kx, ky, multipliers):  # pragma: no cover - compiled
+    h, w = src.shape
+    hk, wk = (h + ky - 1) // ky, (w + kx - 1) // kx
+    wf = w // kx  # whole boxes per row of boxes
+    out = np.empty((hk, wk), np.uint8)
+    # A row of boxes summed down its rows, per column; 8 spare zeros for the unrolled box sums.
+    cols = np.zeros(w + 8, np.uint32)
+    m = src.dtype.type(mask)
+    for by in range(hk):
+        y0 = by * ky
+        y1 = min(y0 + ky, h)
+        if by_linear:  # a branch per row of boxes: each inner loop stays simple (and vectorised)
+            row = src[y0]
+            for x in range(w):
+                cols[x] = _by_linear(row[x] & m, linear)
+            for y in range(y0 + 1, y1):
+                row = src[y]
+                for x in range(w):
+                    cols[x] += _by_linear(row[x] & m, linear)
+        else:
+            row = src[y0]
+            for x in range(w):
+                cols[x] = table[row[x] & m]
+            for y in range(y0 + 1, y1):
+                row = src[y]
+                for x in range(w):
+                    cols[x] += table[row[x] & m]
+        n = (y1 - y0) * kx
+        half, mult = np.uint32(n // 2), multipliers[n]
+        o = out[by]
+        if kx <= 8:  # 8 terms, unrolled, those past kx zeroed: ~3x faster than a loop of kx
+            for bx in range(wf):
+                s = half
+                x0 = bx * kx
+                for k in range(8):
+                    s += cols[x0 + k] if k < kx else np.uint32(0)
+                o[bx] = (s * mult) >> 24
+        else:
+            for bx in range(wf):
+                s = half
+                x0 = bx * kx
+                for k in range(kx):
+                    s += cols[x0 + k]
+                o[bx] = (s * mult) >> 24
+        if wk > wf:  # the partial box at the right edge
+            n = (y1 - y0) * (w - wf * kx)
+            s = np.uint32(n // 2)
+            for x in range(wf * kx, w):
+                s += cols[x]
+            o[wf] = (s * multipliers[n]) >> 24
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _linear_codes(linear, first, last):  # pragma: no cover - compiled
+    out = np.empty(last + 1 - first, np.uint32)
+    for code in range(first, last + 1):
+        out[code - first] = _by_linear(code, linear)
+    return out
+
+
+def pillow_multipliers(count: int) -> np.ndarray:
+    """``uint32 [count + 1]``: Pillow's reciprocal of each box size 1..count (index 0 unused),
+    ``uint32(2**32 / (256 * n))`` evaluated in float32 as Reduce.c does."""
+    n = np.arange(1, count + 1, dtype=np.float32)
+    return np.concatenate([[0], np.float32(2.0**32) / (np.float32(256) * n)]).astype(np.uint32)
+
+
+def linear_matches(linear: LinearWindow, table: np.ndarray, codes: tuple[int, int] | None = None) -> bool:
+    """Whether ``linear`` gives ``table[code]`` for every code from ``codes[0]`` to ``codes[1]``
+    (default: the whole table)."""
+    first, last = codes or (0, table.size - 1)
+    return bool(np.array_equal(_linear_codes(linear, first, last), table[first:last + 1]))
+
+
+def window_reduce(table: np.ndarray, src: np.ndarray, kx: int, ky: int, mask: int | None = None,
+                  linear: LinearWindow | None = None, codes: tuple[int, int] | None = None) -> np.ndarray:
+    """``[H, W]`` stored values -> ``uint8 [ceil(H / ky), ceil(W / kx)]``, equal to
+    ``np.asarray(Image.fromarray(table[src & mask]).reduce((kx, ky)))``.
+
+    ``src`` is 8- or 16-bit (signed values are looked up by their unsigned code); ``table``
+    (``uint8``) has an entry for every code ``src & mask`` can take: ``2 ** bits`` without a
+    ``mask``, ``mask + 1`` with one. With ``linear`` and native unsigned ``src``, pixels are
+    windowed by its arithmetic when it reproduces the table (:func:`linear_matches`) on every
+    code, or on ``codes`` (first, last), which must then hold all of ``src & mask``; else by the
+    table.
+    """
+    if src.ndim != 2 or src.dtype.itemsize not in (1, 2) or src.dtype.kind not in "ui":
+        raise ValueError(f"expected a 2-D 8- or 16-bit integer image, got {src.dtype} {src.shape}")
+    if kx < 1 or ky < 1:
+        raise ValueError(f"box factors must be positive, got {(kx, ky)}")
+    full = (1 << (8 * src.dtype.itemsize)) - 1
+    mask = full if mask is None else mask & full
+    if table.dtype != np.uint8 or table.ndim != 1 or table.size <= mask:
+        raise ValueError(f"table must be uint8 with at least {mask + 1} entries, got {table.dtype} {table.shape}")
+    unsigned = src.view(f"u{src.dtype.itemsize}")
+    # The arithmetic reads a code as a native unsigned value; other codes take the table.
+    if (linear is not None and src.dtype.kind == "u" and src.dtype.isnative
+            and linear_matches(linear := LinearWindow(*map(np.float32, linear)), table[:mask + 1], codes)):
+        return _reduce(table, linear, True, unsigned, mask, kx, ky, pillow_multipliers(kx * ky))
+    return _reduce(table, _NO_LINEAR, False, unsigned, mask, kx, ky, pillow_multipliers(kx * ky))

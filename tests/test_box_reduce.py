@@ -1,0 +1,118 @@
+"""The one-pass window + box reduction is Pillow's ``Image.reduce`` of the windowed image."""
+
+import numpy as np
+import pydicom
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from medgrounder.data import box_reduce
+from medgrounder.data.box_reduce import (
+    LinearWindow,
+    linear_matches,
+    pillow_multipliers,
+    window_reduce,
+)
+from medgrounder.data.dicom import _linear_window, _Stats, _table
+
+RNG = np.random.default_rng(7)
+
+
+def pillow_reduce(table, src, kx, ky, mask):
+    codes = src.view(f"u{src.dtype.itemsize}") & mask
+    return np.asarray(Image.fromarray(table[codes]).reduce((kx, ky)))
+
+
+@pytest.mark.parametrize("dtype, mask", [(np.uint16, 0xFFFF), (np.uint16, 0x0FFF), (np.int16, 0xFFFF),
+                                         (np.uint8, 0xFF), (np.int8, 0x7F)])
+def test_matches_pillow_on_every_shape_and_factor(dtype, mask):
+    info = np.iinfo(dtype)
+    table = RNG.integers(0, 256, 1 << (8 * np.dtype(dtype).itemsize), dtype=np.uint8)
+    for h in range(1, 23, 3):
+        for w in range(1, 23, 4):
+            src = RNG.integers(info.min, info.max, (h, w), endpoint=True).astype(dtype)
+            for kx in (1, 2, 3, 5, 8):
+                for ky in (1, 2, 4, 7):
+                    got = window_reduce(table[:mask + 1].copy(), src, kx, ky, mask)
+                    np.testing.assert_array_equal(got, pillow_reduce(table, src, kx, ky, mask), err_msg=str((h, w, kx, ky)))
+
+
+def test_large_boxes_and_strided_input():
+    """Box sums near 2**16 (255 x 256 values), and a non-contiguous view."""
+    table = np.full(4096, 255, np.uint8)
+    table[::3] = 0
+    src = RNG.integers(0, 4096, (600, 530), dtype=np.uint16)[::2, ::1]
+    for k in (16, 64, 100):
+        np.testing.assert_array_equal(window_reduce(table, src, k, k, 0xFFF), pillow_reduce(table, src, k, k, 0xFFF))
+
+
+def test_multipliers_are_pillows():
+    """``((sum + n // 2) * m[n]) >> 24`` is Pillow's value for a box of n pixels."""
+    m = pillow_multipliers(1000)
+    assert m[1] == 1 << 24 and m.dtype == np.uint32
+    for kx, ky in [(1, 1), (2, 1), (3, 3), (5, 6), (16, 16), (40, 25)]:
+        n = kx * ky
+        for box in (np.zeros((ky, kx)), np.full((ky, kx), 255), RNG.integers(0, 256, (ky, kx)),
+                    RNG.integers(127, 129, (ky, kx))):
+            box = box.astype(np.uint8)
+            want = np.asarray(Image.fromarray(box).reduce((kx, ky)))[0, 0]
+            assert (int(box.sum()) + n // 2) * int(m[n]) >> 24 == want, (kx, ky)
+
+
+def test_bad_arguments_are_named():
+    table = np.zeros(4096, np.uint8)
+    with pytest.raises(ValueError, match="2-D 8- or 16-bit"):
+        window_reduce(table, np.zeros((2, 2), np.float32), 2, 2)
+    with pytest.raises(ValueError, match="positive"):
+        window_reduce(table, np.zeros((2, 2), np.uint16), 0, 2, 0xFFF)
+    with pytest.raises(ValueError, match="at least 65536 entries"):
+        window_reduce(table, np.zeros((2, 2), np.uint16), 2, 2)
+
+
+def _linear_dataset(center, width, slope, intercept, mono1, exact):
+    ds = pydicom.Dataset()
+    ds.WindowCenter, ds.WindowWidth = f"{center:.3f}", f"{width:.3f}"
+    ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.4f}", f"{intercept:.1f}"
+    ds.PhotometricInterpretation = "MONOCHROME1" if mono1 else "MONOCHROME2"
+    if exact:
+        ds.VOILUTFunction = "LINEAR_EXACT"
+    return ds
+
+
+@settings(max_examples=60, deadline=None)
+@given(center=st.floats(-2000, 70000), width=st.floats(1.5, 80000), slope=st.sampled_from([1.0, 0.5, 2.0, 1.7321]),
+       intercept=st.sampled_from([0.0, -1024.0, 333.3]), mono1=st.booleans(), exact=st.booleans())
+def test_linear_arithmetic_is_the_table_on_every_code(center, width, slope, intercept, mono1, exact):
+    """The arithmetic repeats the float32 operations that built the table, so it gives every one
+    of the 65,536 entries (all codes are checked)."""
+    ds = _linear_dataset(center, width, slope, intercept, mono1, exact)
+    codes = np.arange(1 << 16, dtype=np.uint16).reshape(256, 256)
+    linear, scope = _linear_window(ds, codes, "dicom", _Stats(codes))
+    assert scope is None
+    assert linear_matches(linear, _table(ds, codes, "dicom"))
+
+
+def test_min_max_arithmetic_is_checked_on_the_image_codes_only():
+    ds = pydicom.Dataset()
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    img = RNG.integers(1000, 3000, (40, 50), dtype=np.uint16)
+    stats = _Stats(img)
+    linear, scope = _linear_window(ds, img, "dicom", stats)
+    table = _table(ds, img, "dicom", stats=stats)
+    assert scope == (img.min(), img.max()) and linear_matches(linear, table, scope)
+    assert not linear_matches(linear, table)  # outside the image's codes the table is not clipped
+    np.testing.assert_array_equal(window_reduce(table, img, 3, 3, linear=linear, codes=scope),
+                                  pillow_reduce(table, img, 3, 3, 0xFFFF))
+
+
+def test_a_linear_window_that_misses_the_table_falls_back(monkeypatch):
+    table = RNG.integers(0, 256, 4096, dtype=np.uint8)
+    src = RNG.integers(0, 4096, (30, 31), dtype=np.uint16)
+    wrong = LinearWindow(*np.array([1, 0, 2000, 1000, 1, 0.5, 1, 0], np.float32))
+    assert not linear_matches(wrong, table)
+    by_linear = []
+    real = box_reduce._reduce
+    monkeypatch.setattr(box_reduce, "_reduce", lambda t, lin, use, *a: by_linear.append(use) or real(t, lin, use, *a))
+    np.testing.assert_array_equal(window_reduce(table, src, 4, 4, 0xFFF, wrong), pillow_reduce(table, src, 4, 4, 0xFFF))
+    assert by_linear == [False]
