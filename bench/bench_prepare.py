@@ -15,8 +15,9 @@ this process's CPU time, i.e. per core, unless ``--clock wall``):
 - ``prepare``'s path: window every pixel and box-reduce in one pass, then bilinear
   (``load_cache_image``), and the whole per-image job (``prepare_image``: that plus the PNG
   write);
-- the same image made in two passes, as before the one-pass kernel: the full-size 8-bit image
-  (``load_dicom_uint8``), then Pillow's reduce and bilinear (``resize_square``); checked equal.
+- the path before the one-pass kernel: the full-size 8-bit image (``load_dicom_uint8``), then
+  Pillow's resize (``reducing_gap=1``, the same box reduction; checked within a grey level:
+  Pillow 13 may run the vertical bilinear pass first).
 
 Then where the time goes, step by step (the same helpers, checked to give the same arrays).
 Overheads compare whole paths: ``prepare`` gets its pixels its own way (an uncompressed file is
@@ -49,10 +50,10 @@ from pydicom.multival import MultiValue
 from pydicom.uid import JPEG2000Lossless
 
 from medgrounder.data import dicom
-from medgrounder.data.box_reduce import window_reduce
 from medgrounder.data.boxes import to_grid
 from medgrounder.data.dicom import load_dicom_uint8
 from medgrounder.data.prompts import identify_answer
+from medgrounder.data.resample import window_reduce
 from medgrounder.data.vindr import build_records, dicom_path, parse_kaggle, read_sizes
 from medgrounder.prepare import load_cache_image, prepare_image, resize_reduced, resize_square
 from medgrounder.synth import synth_vindr
@@ -136,7 +137,7 @@ def steps_prepare(path: str, size: int):
     img = window_reduce(table, arr, *dicom.reduce_factors(w, h, size), mask, linear, codes)
     c.lap("window + box reduction, one pass")
     out = resize_reduced(img, w, h, size)
-    c.lap("bilinear from the box means")
+    c.lap("bilinear from the box means (numba)")
     return out, c.steps
 
 
@@ -150,9 +151,13 @@ def steps_two_pass(path: str, size: int):
     c.lap("window table (65,536 codes)")
     img = dicom._gather(table, arr)
     c.lap("window: gather every pixel")
-    out = resize_square(img, size)
+    out = pillow_resize(img, size)
     c.lap("resize (Pillow reduce + bilinear)")
     return out, c.steps
+
+
+def pillow_resize(img: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR, reducing_gap=1.0))
 
 
 def _timed(fn, *args) -> float:
@@ -190,7 +195,7 @@ def _time_methods(paths: list[str], methods: dict, steps: dict, rounds: int, png
 
 STEPS = {"decode": steps_decode, "prepare": steps_prepare, "two_pass": steps_two_pass}
 STEP_TITLES = {"decode": "pydicom decode alone", "prepare": "prepare (one pass)",
-               "two_pass": "two passes (8-bit image, then Pillow)"}
+               "two_pass": "8-bit image, then Pillow's resize"}
 
 
 def _print_times(ms: dict[str, float], steps: dict, by_bits: dict) -> None:
@@ -207,7 +212,7 @@ def _print_times(ms: dict[str, float], steps: dict, by_bits: dict) -> None:
         print("  over pydicom decode by bits stored:")
         for b, m in by_bits.items():
             print(f"      {b} bits: decode {m['decode']:6.1f} ms, prepare {100 * (m['prepare'] / m['decode'] - 1):+7.1f} %, "
-                  f"two passes {100 * (m['two_pass'] / m['decode'] - 1):+7.1f} %")
+                  f"8-bit + Pillow {100 * (m['two_pass'] / m['decode'] - 1):+7.1f} %")
     for key, st in steps.items():
         print(f"  where the time goes, {STEP_TITLES[key]} (sum {sum(st.values()):.1f} ms):")
         for step, t in st.items():
@@ -215,12 +220,12 @@ def _print_times(ms: dict[str, float], steps: dict, by_bits: dict) -> None:
 
 
 def _check_steps(paths: list[str], size: int) -> None:
-    """The step-by-step paths and the two-pass path compute what ``prepare`` computes."""
+    """The step-by-step paths compute what ``prepare`` computes; Pillow within a grey level."""
     for p in paths:
         want = load_cache_image(p, size)[0]
         assert np.array_equal(resize_square(load_dicom_uint8(p), size), want), p
         assert np.array_equal(steps_prepare(p, size)[0], want), p
-        assert np.array_equal(steps_two_pass(p, size)[0], want), p
+        assert np.abs(steps_two_pass(p, size)[0].astype(int) - want).max() <= 1, p
 
 
 def bench_images(work: Path, n: int, size: int, rounds: int, compressed: int, compressed_rounds: int) -> None:
@@ -244,7 +249,7 @@ def bench_images(work: Path, n: int, size: int, rounds: int, compressed: int, co
         "decode": pydicom_decode,
         "litegpt": lambda p: litegpt_baseline(p, size),
         "prepare": lambda p: load_cache_image(p, size),
-        "two_pass": lambda p: resize_square(load_dicom_uint8(p), size),
+        "two_pass": lambda p: pillow_resize(load_dicom_uint8(p), size),
         "job": lambda p: prepare_image((p, str(png), size, "dicom")),
     }
     _print_times(*_time_methods(paths, methods, STEPS, rounds, png, size))

@@ -8,8 +8,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-import medgrounder.data.box_reduce as box_reduce
 import medgrounder.data.dicom as dicom_module
+import medgrounder.data.resample as resample
 from medgrounder.data.dicom import (
     WINDOWINGS,
     DicomReadError,
@@ -380,7 +380,7 @@ def test_linear_windows_take_the_arithmetic(tmp_path, case):
     arr = ds.pixel_array
     stats = _Stats(arr)
     linear, codes = dicom_module._linear_window(ds, arr, "dicom", stats)
-    assert box_reduce.linear_matches(linear, dicom_module._table(ds, arr, "dicom", stats=stats), codes)
+    assert resample.linear_matches(linear, dicom_module._table(ds, arr, "dicom", stats=stats), codes)
 
 
 @pytest.mark.parametrize("case", ["signed", "sigmoid", "threshold", "litegpt"])
@@ -388,7 +388,7 @@ def test_other_windows_take_the_table(tmp_path, case, monkeypatch):
     pixels, tags = REDUCE_CASES["12_bit_window" if case == "litegpt" else case]
     f = write_dicom(tmp_path / f"{case}.dcm", pixels, **tags)
     checked = []
-    monkeypatch.setattr(box_reduce, "linear_matches", lambda *a: checked.append(a) or True)
+    monkeypatch.setattr(resample, "linear_matches", lambda *a: checked.append(a) or True)
     load_dicom_reduced(f, 7, "litegpt" if case == "litegpt" else "dicom")
     assert checked == []
     linear_pixels, linear_tags = REDUCE_CASES["12_bit_window"]

@@ -20,7 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from medgrounder.data.boxes import iou, to_grid
 from medgrounder.data.datamodule import VinDrDataModule
-from medgrounder.data.dicom import load_dicom_reduced, load_dicom_uint8
+from medgrounder.data.dicom import load_dicom_reduced, load_dicom_uint8, reduce_factors
 from medgrounder.data.labels import KAGGLE_CLASSES, LOCAL_LABELS
 from medgrounder.data.vindr import load_vindr_kaggle, load_vindr_physionet
 from medgrounder.prepare import (
@@ -118,8 +118,9 @@ def test_an_older_format_is_refused(raw, prepared, tmp_path):
 
 
 def test_cache_image_is_the_resize_of_the_windowed_image(raw):
-    """One pass (window + box reduction, then bilinear) = Pillow's resize of the full-size
-    8-bit image, for both windowings, at sizes with and without a reduction."""
+    """One pass (window + box reduction, then bilinear) = the resize of the full-size 8-bit
+    image, for both windowings, at sizes with and without a reduction; that resize is Pillow's
+    reduce and its two one-axis bilinear passes, within a grey level of its two-axis resize."""
     root, _ = raw
     for path in sorted((root / "train").glob("*.dicom"))[:4]:
         for windowing in ("dicom", "litegpt"):
@@ -128,6 +129,13 @@ def test_cache_image_is_the_resize_of_the_windowed_image(raw):
                 out, width, height = load_cache_image(str(path), size, windowing)
                 assert (width, height) == (img.shape[1], img.shape[0])
                 np.testing.assert_array_equal(out, resize_square(img, size))
+                kx, ky = reduce_factors(width, height, size)
+                reduced = Image.fromarray(img).reduce((kx, ky))
+                rows = reduced.resize((size, reduced.height), Image.BILINEAR, box=(0, 0, width / kx, reduced.height))
+                pillow = rows.resize((size, size), Image.BILINEAR, box=(0, 0, size, height / ky))
+                np.testing.assert_array_equal(out, np.asarray(pillow))
+                two_axis = Image.fromarray(img).resize((size, size), Image.BILINEAR, reducing_gap=1.0)
+                assert np.abs(out.astype(int) - np.asarray(two_axis)).max() <= 1
                 reduced, *_ = load_dicom_reduced(path, size, windowing)
                 np.testing.assert_array_equal(resize_reduced(reduced, width, height, size), out)
 

@@ -15,16 +15,18 @@
                                           files
 
 Every pixel is windowed as :func:`~medgrounder.data.dicom.load_dicom_uint8` windows it; the
-8-bit values are averaged over integer boxes to between N and 2N - 1 a side, and Pillow's
-bilinear filter finishes at N. That is ``Image.resize((N, N), BILINEAR, reducing_gap=1)`` of
-the full-size windowed image (:func:`resize_square`) bit for bit, but the windowing and the box
-reduction run as one pass over the stored values
+8-bit values are averaged over integer boxes to between N and 2N - 1 a side (Pillow's
+``Image.reduce``), and Pillow's bilinear filter finishes at N (horizontal pass first, as Pillow's
+``resize`` up to version 12): :func:`resize_square` of the full-size windowed image, bit for
+bit, within a grey level of ``Image.resize((N, N), BILINEAR, reducing_gap=1)``. The windowing
+and the box reduction run as one pass over the stored values
 (:func:`~medgrounder.data.dicom.load_dicom_reduced`), so the full-size 8-bit image is never
-made. On full-size uncompressed films the whole path (header, pixels, window, resize) costs
-about 20 % more than pydicom's decode alone, where windowing every pixel and then Pillow's
-resize cost 190 % more (``bench/bench_prepare.py``). The result is 0.3 grey levels on average
-from Pillow's full-support bilinear filter. The boxes stay in original pixels; the 0-100 grid is
-computed from the header's width and height.
+made, and the bilinear passes vectorise (:mod:`medgrounder.data.resample`). On full-size
+uncompressed films the whole path (header, pixels, window, resize) costs about 5 % more than
+pydicom's decode alone, where windowing every pixel and then Pillow's resize cost 190 % more
+(``bench/bench_prepare.py``). The result is 0.3 grey levels on average from Pillow's
+full-support bilinear filter. The boxes stay in original pixels; the 0-100 grid is computed
+from the header's width and height.
 
 A run is resumable and safe to kill: every file is written under a temporary name and renamed
 into place (``os.replace``), finished images are skipped, stale temporary files are removed.
@@ -54,6 +56,7 @@ from medgrounder.data.dicom import (
     load_dicom_reduced,
     reduce_factors,
 )
+from medgrounder.data.resample import bilinear, box_reduce
 from medgrounder.data.vindr import (
     LAYOUTS,
     SPLITS,
@@ -66,8 +69,7 @@ from medgrounder.data.vindr import (
 SETTINGS_FILE = "prepare.json"
 ANNOTATIONS_FILE = "annotations.jsonl"
 REPORT_FILE = "report.json"
-FORMAT_VERSION = 2  # 2: box reduction to N..2N-1 (reducing_gap 1), was 2N..3N-1
-REDUCING_GAP = 1.0
+FORMAT_VERSION = 2  # 2: box reduction to N..2N-1, then bilinear; 1: Pillow's resize, reducing_gap 2
 PNG_COMPRESS_LEVEL = 1  # fast; level 6 is 4x slower for a few percent smaller files
 
 
@@ -98,8 +100,10 @@ def _remove_stale_tmp(out: Path) -> int:
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """``uint8 [H, W]`` -> ``uint8 [size, size]``: bilinear after an integer box reduction."""
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR, reducing_gap=REDUCING_GAP))
+    """``uint8 [H, W]`` -> ``uint8 [size, size]``: Pillow's box reduction to between ``size`` and
+    ``2 * size - 1`` a side, then Pillow's bilinear filter (module docstring)."""
+    height, width = img.shape
+    return resize_reduced(box_reduce(img, *reduce_factors(width, height, size)), width, height, size)
 
 
 def resize_reduced(img: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
@@ -107,7 +111,7 @@ def resize_reduced(img: np.ndarray, width: int, height: int, size: int) -> np.nd
     -> ``uint8 [size, size]``: the rest of :func:`resize_square` (bilinear over the box that
     keeps the original geometry, partial edge boxes included, as Pillow's own resize does)."""
     kx, ky = reduce_factors(width, height, size)
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR, box=(0, 0, width / kx, height / ky)))
+    return bilinear(img, size, size, (0, 0, width / kx, height / ky))
 
 
 def load_cache_image(src: str, size: int, windowing: str = "dicom") -> tuple[np.ndarray, int, int]:

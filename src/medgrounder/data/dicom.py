@@ -44,7 +44,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from medgrounder.data.box_reduce import LinearWindow, window_reduce
+from medgrounder.data.resample import LinearWindow, box_reduce, window_reduce
 
 WINDOWINGS = ("dicom", "litegpt")
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -52,7 +52,6 @@ _NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _LUT_CHUNK = 1 << 16  # stored values gathered per step: np.take's intp index copy stays in cache
 # Elements longer than this are left in the file by dcmread (pixel data: mapped, or read on use).
 _DEFER_BYTES = 1 << 20
-_IDENTITY = np.arange(256, dtype=np.uint8)
 # Map every page at once (Linux): cheaper than a page fault per 64 KiB on first touch.
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
@@ -382,7 +381,7 @@ def load_dicom_reduced(path: str | PathLike, size: int, windowing: str = "dicom"
 
     Equal to ``Image.fromarray(load_dicom_uint8(path, windowing)).reduce(reduce_factors(w, h,
     size))`` bit for bit, in one pass over the stored values without the full-size 8-bit image
-    (:func:`~medgrounder.data.box_reduce.window_reduce`).
+    (:func:`~medgrounder.data.resample.window_reduce`).
     """
     if windowing not in WINDOWINGS:
         raise ValueError(f"windowing must be one of {WINDOWINGS}, got {windowing!r}")
@@ -395,7 +394,7 @@ def load_dicom_reduced(path: str | PathLike, size: int, windowing: str = "dicom"
     if not _lut_ok(ds, arr):  # float pixels or a Modality LUT Sequence: window, then reduce
         if mask is not None:
             arr = arr & arr.dtype.type(mask)
-        return window_reduce(_IDENTITY, _to_uint8(ds, arr, windowing), kx, ky), w, h
+        return box_reduce(_to_uint8(ds, arr, windowing), kx, ky), w, h
     # With a Bits Stored mask the table needs only the codes below it.
     stats = _Stats(arr, mask)
     table = _table(ds, arr, windowing, stats=stats, top=mask)

@@ -1,4 +1,5 @@
-"""The one-pass window + box reduction is Pillow's ``Image.reduce`` of the windowed image."""
+"""The one-pass window + box reduction is Pillow's ``Image.reduce`` of the windowed image; the
+bilinear resize is Pillow's two one-axis resizes."""
 
 import numpy as np
 import pydicom
@@ -7,14 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from medgrounder.data import box_reduce
-from medgrounder.data.box_reduce import (
+from medgrounder.data import resample
+from medgrounder.data.dicom import _linear_window, _Stats, _table
+from medgrounder.data.resample import (
     LinearWindow,
+    bilinear,
+    box_reduce,
     linear_matches,
     pillow_multipliers,
     window_reduce,
 )
-from medgrounder.data.dicom import _linear_window, _Stats, _table
 
 RNG = np.random.default_rng(7)
 
@@ -112,7 +115,48 @@ def test_a_linear_window_that_misses_the_table_falls_back(monkeypatch):
     wrong = LinearWindow(*np.array([1, 0, 2000, 1000, 1, 0.5, 1, 0], np.float32))
     assert not linear_matches(wrong, table)
     by_linear = []
-    real = box_reduce._reduce
-    monkeypatch.setattr(box_reduce, "_reduce", lambda t, lin, use, *a: by_linear.append(use) or real(t, lin, use, *a))
+    real = resample._reduce
+    monkeypatch.setattr(resample, "_reduce", lambda t, lin, use, *a: by_linear.append(use) or real(t, lin, use, *a))
     np.testing.assert_array_equal(window_reduce(table, src, 4, 4, 0xFFF, wrong), pillow_reduce(table, src, 4, 4, 0xFFF))
     assert by_linear == [False]
+
+
+def pillow_bilinear(img, width, height, box):
+    x0, y0, x1, y1 = box
+    rows = Image.fromarray(img).resize((width, img.shape[0]), Image.BILINEAR, box=(x0, 0, x1, img.shape[0]))
+    return np.asarray(rows.resize((width, height), Image.BILINEAR, box=(0, y0, width, y1)))
+
+
+def test_bilinear_is_pillows_two_passes():
+    """Down and up, square and not, whole images and boxes with fractional edges."""
+    for _ in range(400):
+        h, w = RNG.integers(2, 200, 2)
+        width, height = (int(v) for v in RNG.integers(1, 160, 2))
+        img = RNG.integers(0, 256, (h, w), dtype=np.uint8)
+        x0, y0 = (RNG.uniform(0, w / 3), RNG.uniform(0, h / 3)) if RNG.random() < 0.3 else (0.0, 0.0)
+        box = (x0, y0, w - RNG.uniform(0, 0.99) if RNG.random() < 0.5 else float(w),
+               h - RNG.uniform(0, 0.99) if RNG.random() < 0.5 else float(h))
+        np.testing.assert_array_equal(bilinear(img, width, height, box), pillow_bilinear(img, width, height, box),
+                                      err_msg=str((h, w, width, height, box)))
+
+
+def test_bilinear_at_the_cache_scale_and_identity():
+    """A film's box means (5 x 5 boxes of 2,650 x 2,900) to 448: within one grey level of
+    Pillow's own two-axis resize, whichever pass it runs first; the same size is a copy."""
+    img = RNG.integers(0, 256, (580, 530), dtype=np.uint8)
+    box = (0, 0, 2650 / 5, 2900 / 5)
+    got = bilinear(img, 448, 448, box)
+    np.testing.assert_array_equal(got, pillow_bilinear(img, 448, 448, box))
+    assert np.abs(got.astype(int) - np.asarray(Image.fromarray(img).resize((448, 448), Image.BILINEAR, box=box))).max() <= 1
+    np.testing.assert_array_equal(bilinear(img, 530, 580), img)
+    np.testing.assert_array_equal(box_reduce(img, 3, 2), np.asarray(Image.fromarray(img).reduce((3, 2))))
+
+
+def test_bilinear_bad_arguments():
+    img = np.zeros((4, 5), np.uint8)
+    with pytest.raises(ValueError, match="2-D uint8"):
+        bilinear(img.astype(np.uint16), 2, 2)
+    with pytest.raises(ValueError, match="positive"):
+        bilinear(img, 0, 2)
+    with pytest.raises(ValueError, match="empty or outside"):
+        bilinear(img, 2, 2, (3, 0, 3, 4))
