@@ -14,7 +14,6 @@ from medgrounder.data.dicom import (
     WINDOWINGS,
     DicomReadError,
     _native_pixels,
-    _Stats,
     load_dicom_reduced,
     load_dicom_uint8,
     read_dicom_size,
@@ -370,30 +369,32 @@ def test_reduced_is_pillows_reduction_of_the_windowed_image(tmp_path, case, wind
     np.testing.assert_array_equal(out, _pillow_reduced(f, windowing, size))
 
 
+@pytest.fixture
+def by_linear(monkeypatch):
+    """Whether each box reduction windowed by arithmetic (True) or by the table (False)."""
+    calls = []
+    real = resample._reduce
+    monkeypatch.setattr(resample, "_reduce", lambda t, lin, use, *a: calls.append(use) or real(t, lin, use, *a))
+    return calls
+
+
 @pytest.mark.parametrize("case", ["12_bit_window", "12_bit_no_window_mono1", "16_bit_rescale", "16_bit_no_window",
                                   "14_bit_linear_exact_mono1", "8_bit"])
-def test_linear_windows_take_the_arithmetic(tmp_path, case):
+def test_linear_windows_take_the_arithmetic(tmp_path, case, by_linear, reading):
     """The linear windows of "dicom" (the standard's, LINEAR_EXACT, min..max) reproduce their
     tables on every code they can meet, so their pixels are windowed by arithmetic."""
     pixels, tags = REDUCE_CASES[case]
-    ds = pydicom.dcmread(write_dicom(tmp_path / f"{case}.dcm", pixels, **tags))
-    arr = ds.pixel_array
-    stats = _Stats(arr)
-    linear, codes = dicom_module._linear_window(ds, arr, "dicom", stats)
-    assert resample.linear_matches(linear, dicom_module._table(ds, arr, "dicom", stats=stats), codes)
+    f = write_dicom(tmp_path / f"{case}.dcm", pixels, **tags)
+    out, *_ = load_dicom_reduced(f, 7)
+    assert by_linear == [True]
+    np.testing.assert_array_equal(out, _pillow_reduced(f, "dicom", 7))
 
 
 @pytest.mark.parametrize("case", ["signed", "sigmoid", "threshold", "litegpt"])
-def test_other_windows_take_the_table(tmp_path, case, monkeypatch):
+def test_other_windows_take_the_table(tmp_path, case, by_linear):
     pixels, tags = REDUCE_CASES["12_bit_window" if case == "litegpt" else case]
-    f = write_dicom(tmp_path / f"{case}.dcm", pixels, **tags)
-    checked = []
-    monkeypatch.setattr(resample, "linear_matches", lambda *a: checked.append(a) or True)
-    load_dicom_reduced(f, 7, "litegpt" if case == "litegpt" else "dicom")
-    assert checked == []
-    linear_pixels, linear_tags = REDUCE_CASES["12_bit_window"]
-    load_dicom_reduced(write_dicom(tmp_path / "linear.dcm", linear_pixels, **linear_tags), 7)
-    assert len(checked) == 1
+    load_dicom_reduced(write_dicom(tmp_path / f"{case}.dcm", pixels, **tags), 7, "litegpt" if case == "litegpt" else "dicom")
+    assert by_linear == [False]
 
 
 def test_reduced_masks_before_averaging(tmp_path, reading):

@@ -20,7 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from medgrounder.data.boxes import iou, to_grid
 from medgrounder.data.datamodule import VinDrDataModule
-from medgrounder.data.dicom import load_dicom_reduced, load_dicom_uint8, reduce_factors
+from medgrounder.data.dicom import load_dicom_uint8, reduce_factors
 from medgrounder.data.labels import KAGGLE_CLASSES, LOCAL_LABELS
 from medgrounder.data.vindr import load_vindr_kaggle, load_vindr_physionet
 from medgrounder.prepare import (
@@ -28,7 +28,6 @@ from medgrounder.prepare import (
     main,
     prepare_vindr,
     read_prepared,
-    resize_reduced,
     resize_square,
 )
 from medgrounder.synth import synth_vindr
@@ -136,13 +135,6 @@ def test_cache_image_is_the_resize_of_the_windowed_image(raw):
                 np.testing.assert_array_equal(out, np.asarray(pillow))
                 two_axis = Image.fromarray(img).resize((size, size), Image.BILINEAR, reducing_gap=1.0)
                 assert np.abs(out.astype(int) - np.asarray(two_axis)).max() <= 1
-                reduced, *_ = load_dicom_reduced(path, size, windowing)
-                np.testing.assert_array_equal(resize_reduced(reduced, width, height, size), out)
-
-
-def test_resize_reduced_without_reduction_is_resize_square():
-    img = np.random.default_rng(0).integers(0, 256, (70, 90), dtype=np.uint8)
-    np.testing.assert_array_equal(resize_reduced(img, 90, 70, 48), resize_square(img, 48))
 
 
 def _write_bad_files(root: Path, ids: list[str]) -> dict[str, str]:

@@ -52,8 +52,6 @@ _NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _LUT_CHUNK = 1 << 16  # stored values gathered per step: np.take's intp index copy stays in cache
 # Elements longer than this are left in the file by dcmread (pixel data: mapped, or read on use).
 _DEFER_BYTES = 1 << 20
-# Map every page at once (Linux): cheaper than a page fault per 64 KiB on first touch.
-_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
 class DicomReadError(ValueError):
@@ -108,6 +106,14 @@ def _pixels(ds: pydicom.Dataset, path) -> np.ndarray:
     return arr
 
 
+def _map_read_only(fileno: int) -> mmap.mmap:
+    """The whole file, read-only; on Linux every page mapped at once (``MAP_POPULATE``), which is
+    cheaper than a page fault per 64 KiB on first touch."""
+    if hasattr(mmap, "MAP_POPULATE"):
+        return mmap.mmap(fileno, 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+    return mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
+
+
 def _native_pixels(ds: pydicom.Dataset, path: str | PathLike | None = None) -> tuple[np.ndarray, int | None] | None:
     """Uncompressed little-endian unsigned 8/16-bit single-frame pixels, uncopied, and the mask of
     *Bits Stored* still to apply to them (``None``: nothing above it); ``None`` when
@@ -129,7 +135,7 @@ def _native_pixels(ds: pydicom.Dataset, path: str | PathLike | None = None) -> t
         with open(path, "rb") as f:
             if need == 0 or os.fstat(f.fileno()).st_size < elem.value_tell + need:
                 return None  # truncated or empty: pydicom reports why
-            data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ, flags=_MAP_FLAGS)
+            data = _map_read_only(f.fileno())
         offset = elem.value_tell
     else:
         data, offset = ds.PixelData, 0

@@ -64,8 +64,14 @@ def _by_linear(code, linear):  # pragma: no cover - compiled
     return np.uint32(np.int32((y + _ROUND) - _ROUND))
 
 
+@njit(inline="always", error_model="numpy")
+def _multiplier(n):  # pragma: no cover - compiled
+    # Reduce.c's division_UINT32: (UINT32)((float)(1 << 32) / (float)(256 * n)).
+    return np.uint32(np.float32(4294967296.0) / np.float32(256 * n))
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def _reduce(table, linear, by_linear, src, mask, kx, ky, multipliers):  # pragma: no cover - compiled
+def _reduce(table, linear, by_linear, src, mask, kx, ky):  # pragma: no cover - compiled
     h, w = src.shape
     hk, wk = (h + ky - 1) // ky, (w + kx - 1) // kx
     wf = w // kx  # whole boxes per row of boxes
@@ -93,7 +99,7 @@ def _reduce(table, linear, by_linear, src, mask, kx, ky, multipliers):  # pragma
                 for x in range(w):
                     cols[x] += table[row[x] & m]
         n = (y1 - y0) * kx
-        half, mult = np.uint32(n // 2), multipliers[n]
+        half, mult = np.uint32(n // 2), _multiplier(n)
         o = out[by]
         if kx <= 8:  # 8 terms, unrolled, those past kx zeroed: ~3x faster than a loop of kx
             for bx in range(wf):
@@ -114,7 +120,7 @@ def _reduce(table, linear, by_linear, src, mask, kx, ky, multipliers):  # pragma
             s = np.uint32(n // 2)
             for x in range(wf * kx, w):
                 s += cols[x]
-            o[wf] = (s * multipliers[n]) >> 24
+            o[wf] = (s * _multiplier(n)) >> 24
     return out
 
 
@@ -124,13 +130,6 @@ def _linear_codes(linear, first, last):  # pragma: no cover - compiled
     for code in range(first, last + 1):
         out[code - first] = _by_linear(code, linear)
     return out
-
-
-def pillow_multipliers(count: int) -> np.ndarray:
-    """``uint32 [count + 1]``: Pillow's reciprocal of each box size 1..count (index 0 unused),
-    ``uint32(2**32 / (256 * n))`` evaluated in float32 as Reduce.c does."""
-    n = np.arange(1, count + 1, dtype=np.float32)
-    return np.concatenate([[0], np.float32(2.0**32) / (np.float32(256) * n)]).astype(np.uint32)
 
 
 def linear_matches(linear: LinearWindow, table: np.ndarray, codes: tuple[int, int] | None = None) -> bool:
@@ -148,19 +147,21 @@ def box_reduce(img: np.ndarray, kx: int, ky: int) -> np.ndarray:
 def window_reduce(table: np.ndarray, src: np.ndarray, kx: int, ky: int, mask: int | None = None,
                   linear: LinearWindow | None = None, codes: tuple[int, int] | None = None) -> np.ndarray:
     """``[H, W]`` stored values -> ``uint8 [ceil(H / ky), ceil(W / kx)]``, equal to
-    ``np.asarray(Image.fromarray(table[src & mask]).reduce((kx, ky)))``.
+    ``np.asarray(Image.fromarray(table[codes & mask]).reduce((kx, ky)))``.
 
-    ``src`` is 8- or 16-bit (signed values are looked up by their unsigned code); ``table``
-    (``uint8``) has an entry for every code ``src & mask`` can take: ``2 ** bits`` without a
-    ``mask``, ``mask + 1`` with one. With ``linear`` and native unsigned ``src``, pixels are
+    ``src`` is 8- or 16-bit; its ``codes`` are its bytes read as native unsigned integers (a
+    signed or byte-swapped value is looked up by that code, as :mod:`medgrounder.data.dicom`
+    builds its tables). ``table`` (``uint8``) has an entry for every code ``codes & mask`` can
+    take: ``2 ** bits`` without a ``mask``, ``mask + 1`` with one. Boxes of ``2 ** 24`` pixels
+    or more are refused (Pillow's multiplier overflows there). With ``linear`` and native unsigned ``src``, pixels are
     windowed by its arithmetic when it reproduces the table (:func:`linear_matches`) on every
     code, or on ``codes`` (first, last), which must then hold all of ``src & mask``; else by the
     table.
     """
     if src.ndim != 2 or src.dtype.itemsize not in (1, 2) or src.dtype.kind not in "ui":
         raise ValueError(f"expected a 2-D 8- or 16-bit integer image, got {src.dtype} {src.shape}")
-    if kx < 1 or ky < 1:
-        raise ValueError(f"box factors must be positive, got {(kx, ky)}")
+    if not (kx >= 1 and ky >= 1 and kx * ky < 1 << 24):
+        raise ValueError(f"box factors must be positive, with fewer than 2**24 pixels a box; got {(kx, ky)}")
     full = (1 << (8 * src.dtype.itemsize)) - 1
     mask = full if mask is None else mask & full
     if table.dtype != np.uint8 or table.ndim != 1 or table.size <= mask:
@@ -169,8 +170,8 @@ def window_reduce(table: np.ndarray, src: np.ndarray, kx: int, ky: int, mask: in
     # The arithmetic reads a code as a native unsigned value; other codes take the table.
     if (linear is not None and src.dtype.kind == "u" and src.dtype.isnative
             and linear_matches(linear := LinearWindow(*map(np.float32, linear)), table[:mask + 1], codes)):
-        return _reduce(table, linear, True, unsigned, mask, kx, ky, pillow_multipliers(kx * ky))
-    return _reduce(table, _NO_LINEAR, False, unsigned, mask, kx, ky, pillow_multipliers(kx * ky))
+        return _reduce(table, linear, True, unsigned, mask, kx, ky)
+    return _reduce(table, _NO_LINEAR, False, unsigned, mask, kx, ky)
 
 
 _PRECISION = 22  # Resample.c: 32 - 8 - 2 bits for the weights
