@@ -13,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -65,3 +66,13 @@ def train_cli(args: list[str], cwd=None, timeout: int = 900) -> subprocess.Compl
     env.pop("WANDB_SERVICE", None)
     return subprocess.run([sys.executable, "-m", "medgrounder.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def pillow_bilinear(img, width: int, height: int, box):
+    """Pillow's bilinear filter in its two one-axis resizes, horizontal first: the reference of
+    :func:`medgrounder.data.resample.bilinear` (Pillow 13's two-axis resize may go vertical first)."""
+    from PIL import Image
+
+    x0, y0, x1, y1 = box
+    rows = Image.fromarray(img).resize((width, img.shape[0]), Image.BILINEAR, box=(x0, 0, x1, img.shape[0]))
+    return np.asarray(rows.resize((width, height), Image.BILINEAR, box=(0, y0, width, y1)))

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from conftest import pillow_bilinear
 from medgrounder.data import resample
 from medgrounder.data.dicom import _linear_window, _Stats, _table
 from medgrounder.data.resample import (
@@ -119,12 +120,6 @@ def test_a_linear_window_that_misses_the_table_falls_back(monkeypatch):
     monkeypatch.setattr(resample, "_reduce", lambda t, lin, use, *a: by_linear.append(use) or real(t, lin, use, *a))
     np.testing.assert_array_equal(window_reduce(table, src, 4, 4, 0xFFF, wrong), pillow_reduce(table, src, 4, 4, 0xFFF))
     assert by_linear == [False]
-
-
-def pillow_bilinear(img, width, height, box):
-    x0, y0, x1, y1 = box
-    rows = Image.fromarray(img).resize((width, img.shape[0]), Image.BILINEAR, box=(x0, 0, x1, img.shape[0]))
-    return np.asarray(rows.resize((width, height), Image.BILINEAR, box=(0, y0, width, y1)))
 
 
 def test_bilinear_is_pillows_two_passes():

@@ -202,16 +202,26 @@ def _modality(ds: pydicom.Dataset, arr: np.ndarray) -> tuple[np.ndarray, bool]:
     return x, slope not in (None, 1.0) or intercept not in (None, 0.0)
 
 
+def _window_tags(ds: pydicom.Dataset) -> tuple[float, float, str] | None:
+    """``(center, width, VOI LUT Function)`` of the first usable window (width > 0), else ``None``."""
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is None or width is None or width <= 0:
+        return None
+    return center, width, str(ds.get("VOILUTFunction", "LINEAR")).upper()
+
+
+def _monochrome1(ds: pydicom.Dataset) -> bool:
+    return str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+
+
 def _window_dicom(ds: pydicom.Dataset, arr: np.ndarray, stats: _Stats | None = None) -> np.ndarray:
     """The standard display pipeline -> float32 in [0, 1] (before MONOCHROME1 inversion).
 
     ``stats`` are the image's when ``arr`` is a lookup domain rather than the image; they need a
     monotonic modality transform (no *Modality LUT Sequence*)."""
     x, rescaled = _modality(ds, arr)
-    center = _first(ds.get("WindowCenter"))
-    width = _first(ds.get("WindowWidth"))
-    if center is not None and width is not None and width > 0:
-        func = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    if (window := _window_tags(ds)) is not None:
+        center, width, func = window
         c, w = np.float32(center), np.float32(width)
         if func == "SIGMOID":
             with np.errstate(over="ignore"):
@@ -275,7 +285,7 @@ def _to_uint8(ds: pydicom.Dataset, arr: np.ndarray, windowing: str, stats: _Stat
     if windowing == "litegpt":
         return _window_litegpt(ds, arr, stats)
     y = _window_dicom(ds, arr, stats)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+    if _monochrome1(ds):
         y = 1 - y
     y *= np.float32(255)
     with np.errstate(invalid="ignore"):  # domain values absent from the image may fall outside
@@ -291,16 +301,15 @@ def _linear_window(ds: pydicom.Dataset, arr: np.ndarray, windowing: str, stats: 
     if windowing != "dicom" or "ModalityLUTSequence" in ds:
         return None
     slope, intercept = _first(ds.get("RescaleSlope")), _first(ds.get("RescaleIntercept"))
-    flip = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+    flip = _monochrome1(ds)
     f32 = np.float32
 
     def linear(offset, divisor, scale, shift):
         return LinearWindow(f32(1 if slope is None else slope), f32(intercept or 0), f32(offset), f32(divisor),
                             f32(scale), f32(shift), f32(-1 if flip else 1), f32(1 if flip else 0))
 
-    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
-    if center is not None and width is not None and width > 0:
-        func = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    if (window := _window_tags(ds)) is not None:
+        center, width, func = window
         c, w = f32(center), f32(width)
         if func == "LINEAR_EXACT":
             return linear(c, w, 1, 0.5), None

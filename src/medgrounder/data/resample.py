@@ -153,10 +153,11 @@ def window_reduce(table: np.ndarray, src: np.ndarray, kx: int, ky: int, mask: in
     signed or byte-swapped value is looked up by that code, as :mod:`medgrounder.data.dicom`
     builds its tables). ``table`` (``uint8``) has an entry for every code ``codes & mask`` can
     take: ``2 ** bits`` without a ``mask``, ``mask + 1`` with one. Boxes of ``2 ** 24`` pixels
-    or more are refused (Pillow's multiplier overflows there). With ``linear`` and native unsigned ``src``, pixels are
-    windowed by its arithmetic when it reproduces the table (:func:`linear_matches`) on every
-    code, or on ``codes`` (first, last), which must then hold all of ``src & mask``; else by the
-    table.
+    or more are refused (Pillow's multiplier overflows there).
+
+    With ``linear`` and native unsigned ``src``, pixels are windowed by its arithmetic when it
+    reproduces the table (:func:`linear_matches`) on every code, or on ``codes`` (first, last),
+    which must then hold all of ``src & mask``; else by the table.
     """
     if src.ndim != 2 or src.dtype.itemsize not in (1, 2) or src.dtype.kind not in "ui":
         raise ValueError(f"expected a 2-D 8- or 16-bit integer image, got {src.dtype} {src.shape}")

@@ -278,7 +278,6 @@ def warmup_cosine(lr: float, total_steps: int, warmup_steps: int, warmup_start_l
     return factor
 
 
-
 def fused_adamw_ok(params) -> bool | None:
     """``True`` where ``torch.optim.AdamW(fused=True)`` takes ``params`` (floating tensors on CPU
     or CUDA), else ``None`` (torch's default): one kernel for every tensor instead of a dozen
