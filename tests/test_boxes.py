@@ -2,7 +2,8 @@ import itertools
 
 import pytest
 
-from medgrounder.data.boxes import dedup_boxes, format_box, from_grid, iou, to_grid
+from medgrounder.core.boxes import dedup_boxes, from_grid, iou, to_grid
+from medgrounder.core.grammar import format_box
 
 
 def test_to_grid_ends_and_half_way():

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from campaign import TABLES, assemble, collect, main  # noqa: E402
 
-EXPERIMENTS = {p.stem for p in (ROOT / "src/medgrounder/conf/experiment").glob("*.yaml")}
+EXPERIMENTS = {p.stem for p in (ROOT / "conf/experiment").glob("*.yaml")}
 
 
 def test_one_script_per_paper_table_naming_existing_experiments():

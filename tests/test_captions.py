@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from medgrounder.data.captions import (
+from medgrounder.data.captions.datamodule import (
     CaptionDataModule,
     ImageCLEF2022Captions,
     MimicReports,

@@ -8,9 +8,9 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-import medgrounder.data.dicom as dicom_module
-import medgrounder.data.resample as resample
-from medgrounder.data.dicom import (
+import medgrounder.data.vindr.dicom as dicom_module
+import medgrounder.data.vindr.resample as resample
+from medgrounder.data.vindr.dicom import (
     WINDOWINGS,
     DicomReadError,
     _native_pixels,

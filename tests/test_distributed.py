@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import compose_train, train_cli
+from helpers import compose_train, train_cli
 from medgrounder.data.sampler import StreamSampler
 from medgrounder.models.llm import local_rank
 

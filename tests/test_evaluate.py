@@ -19,8 +19,8 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from conftest import compose_train, tiny_run_overrides
-from medgrounder.data.boxes import to_grid
+from helpers import compose_train, tiny_run_overrides
+from medgrounder.core.boxes import to_grid
 from medgrounder.data.prompts import identify_answer, vqa_answer
 
 
@@ -158,7 +158,7 @@ def _dicom_of(root: Path) -> Path:
 
 @pytest.mark.slow
 def test_predict_dicom_png_jpg(tiny_run, synth_vindr_root, tmp_path):
-    from medgrounder.data.dicom import load_dicom_uint8
+    from medgrounder.data.vindr.dicom import load_dicom_uint8
     from medgrounder.predict import predict
 
     ckpt = tiny_run / "checkpoints" / "identify.pt"
@@ -201,7 +201,7 @@ def test_predict_command_line(tiny_run, synth_vindr_root, tmp_path):
 
 # ---------------------------------------------------------------- box figure, prepared data
 def test_box_figure_falls_back_to_the_cached_image(synth_vindr_root, tmp_path):
-    from medgrounder.data.datamodule import VinDrDataModule
+    from medgrounder.data.vindr.datamodule import VinDrDataModule
     from medgrounder.evaluate import box_figure
     from medgrounder.prepare import prepare_vindr
 

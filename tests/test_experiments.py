@@ -13,11 +13,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import compose_train
+from helpers import compose_train
 from medgrounder.summary import summarize
 from medgrounder.train import run
 
-EXPERIMENT_DIR = Path(__file__).parents[1] / "src/medgrounder/conf/experiment"
+EXPERIMENT_DIR = Path(__file__).parents[1] / "conf/experiment"
 PAPER_EXPERIMENTS = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml") if p.stem not in ("demo", "pfmvg_demo"))
 LITEGPT = [e for e in PAPER_EXPERIMENTS if e.startswith("litegpt")]
 PFMVG = [e for e in PAPER_EXPERIMENTS if e.startswith("pfmvg")]

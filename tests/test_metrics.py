@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import classification_report
 
-from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
+from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
 from medgrounder.data.prompts import identify_answer, vqa_answer
 from medgrounder.eval.metrics import (
     localization_accuracy,

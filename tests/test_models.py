@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medgrounder.data.collate import IGNORE_INDEX, PromptCollator
+from medgrounder.core.template import IGNORE_INDEX
+from medgrounder.data.collate import PromptCollator
 from medgrounder.data.prompts import identify_answer, vqa_answer
 from medgrounder.models.encoders import FusedTowers, HFCLIPVision, TimmViT
 from medgrounder.models.fusion import merge_tokens, merged_token_count

@@ -14,9 +14,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medgrounder.data.boxes import from_grid
-from medgrounder.data.labels import MSCXR_CATEGORIES
-from medgrounder.data.mscxr import (
+from medgrounder.core.boxes import from_grid
+from medgrounder.core.labels import MSCXR_CATEGORIES
+from medgrounder.data.mscxr.datamodule import (
     MSCXR_CSV,
     MSCXRDataModule,
     ReferDataset,

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
+from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
 from medgrounder.data.prompts import NO_LOCAL_FINDINGS, identify_answer, vqa_answer
 from medgrounder.eval.parse import Parsed, parse_boxes, parse_identify, parse_refer, parse_vqa
 

@@ -18,12 +18,12 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from conftest import pillow_bilinear
-from medgrounder.data.boxes import iou, to_grid
-from medgrounder.data.datamodule import VinDrDataModule
-from medgrounder.data.dicom import load_dicom_uint8, reduce_factors
-from medgrounder.data.labels import KAGGLE_CLASSES, LOCAL_LABELS
-from medgrounder.data.vindr import load_vindr_kaggle, load_vindr_physionet
+from helpers import pillow_bilinear
+from medgrounder.core.boxes import iou, to_grid
+from medgrounder.core.labels import KAGGLE_CLASSES, LOCAL_LABELS
+from medgrounder.data.vindr.datamodule import VinDrDataModule
+from medgrounder.data.vindr.dicom import load_dicom_uint8, reduce_factors
+from medgrounder.data.vindr.records import load_vindr_kaggle, load_vindr_physionet
 from medgrounder.prepare import (
     load_cache_image,
     main,
@@ -437,7 +437,7 @@ def test_label_rules_physionet_global_union(tmp_path):
 
 LABEL_SCRIPT = """
 import sys
-from medgrounder.data.vindr import load_vindr
+from medgrounder.data.vindr.records import load_vindr
 from medgrounder.prepare import annotations_text
 root, layout = sys.argv[1], sys.argv[2]
 splits = ("train",) if layout == "kaggle" else ("train", "test")
@@ -460,7 +460,7 @@ def test_label_output_independent_of_hash_seed(raw, kaggle, layout):
 
 
 def test_preflight_accepts_a_prepared_root(prepared, tmp_path):
-    from conftest import compose_train
+    from helpers import compose_train
 
     cfg = compose_train([f"data.root={prepared[0]}", "data.synth=null", f"paths.output_dir={tmp_path}"])
     check_inputs(cfg)  # no raw layout needed

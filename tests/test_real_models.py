@@ -335,7 +335,7 @@ def test_summary_command_prints_json(capsys):
 
 
 def test_pfmvg_stops_at_start_naming_what_is_missing(tmp_path, monkeypatch):
-    from conftest import compose_train
+    from helpers import compose_train
     from medgrounder.train import run
     from medgrounder.utils.preflight import MissingInputError
 
@@ -361,7 +361,7 @@ def test_pfmvg_stops_at_start_naming_what_is_missing(tmp_path, monkeypatch):
 def test_minigptv2_experiments_build_at_tiny_scale(name, tmp_path):
     from hydra.utils import instantiate
 
-    from conftest import compose_train
+    from helpers import compose_train
 
     cfg = compose_train([f"+experiment={name}", "model/encoder=tiny_eva_vit_g", "model/llm=tiny_llama",
                          "model.init_from=null", f"paths.output_dir={tmp_path}"])

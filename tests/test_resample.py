@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import pillow_bilinear
-from medgrounder.data import resample
-from medgrounder.data.dicom import _linear_window, _Stats, _table
-from medgrounder.data.resample import (
+from helpers import pillow_bilinear
+from medgrounder.data.vindr import resample
+from medgrounder.data.vindr.dicom import _linear_window, _Stats, _table
+from medgrounder.data.vindr.resample import (
     LinearWindow,
     bilinear,
     box_reduce,

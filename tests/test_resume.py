@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_train, tiny_run_overrides, train_cli
+from helpers import compose_train, tiny_run_overrides, train_cli
 from medgrounder.data.sampler import StreamSampler
 from medgrounder.train import check_run_dir, run, run_identity, validate
 

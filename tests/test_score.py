@@ -5,7 +5,7 @@ import json
 import pytest
 
 from medgrounder import score
-from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
+from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
 from medgrounder.data.prompts import identify_answer, vqa_answer
 
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import train_cli
+from helpers import train_cli
 from medgrounder.utils.resolvers import slug
 from medgrounder.utils.sweep import write_status, write_summary
 

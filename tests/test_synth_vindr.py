@@ -6,9 +6,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from medgrounder.data.dicom import load_dicom_uint8
-from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.data.vindr import load_vindr_physionet
+from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
+from medgrounder.data.vindr.dicom import load_dicom_uint8
+from medgrounder.data.vindr.records import load_vindr_physionet
 from medgrounder.synth import APPEARANCE, SHAPE_FAMILY, global_labels_from_local, main, synth_vindr
 
 N, SEED = 24, 3
@@ -236,7 +236,7 @@ def test_loader_errors(synth, tmp_path):
 
 
 def test_datamodule_writes_its_synthetic_set_whole_and_once(tmp_path):
-    from medgrounder.data.datamodule import VinDrDataModule
+    from medgrounder.data.vindr.datamodule import VinDrDataModule
 
     root = tmp_path / "data" / "vindr"
     (tmp_path / "data" / "vindr.partial").mkdir(parents=True)  # left by an interrupted run

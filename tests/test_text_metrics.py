@@ -11,7 +11,7 @@ from nltk.translate.bleu_score import corpus_bleu
 from pycocoevalcap.cider.cider import Cider
 from rouge_score import rouge_scorer
 
-from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
+from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
 from medgrounder.data.prompts import identify_answer, vqa_answer
 from medgrounder.eval import text_metrics as tm
 

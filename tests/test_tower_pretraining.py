@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_train
-from medgrounder.data.labels import LOCAL_INDEX
+from helpers import compose_train
+from medgrounder.core.labels import LOCAL_INDEX
 from medgrounder.models.encoders import FusedTowers, HFCLIPVision, TimmViT
 from medgrounder.models.tower_pretraining import (
     box_targets,

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose_train, tiny_run_overrides
+from helpers import compose_train, tiny_run_overrides
 from medgrounder.train import run
 from medgrounder.utils.preflight import MissingInputError
 
-EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "src/medgrounder/conf/experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf/experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -27,9 +27,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from medgrounder.data.dicom import load_dicom_uint8
-from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.data.prompts import PROMPT_PREFIX, prompt_suffix
+from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
+from medgrounder.core.template import PROMPT_PREFIX
+from medgrounder.data.prompts import prompt_suffix
+from medgrounder.data.vindr.dicom import load_dicom_uint8
 from medgrounder.eval import tables
 from medgrounder.eval.metrics import (
     mean_box_baseline,
@@ -142,7 +143,7 @@ def load_record_image(rec, windowing: str = "dicom") -> tuple[np.ndarray, float,
 def box_figure(rows: list[dict], datamodule, n: int):
     """Ground truth (green) and predictions (red) on the first ``n`` abnormal test images, at the
     original resolution (or on the prepared cache image when the DICOM is not there)."""
-    from medgrounder.data.boxes import from_grid
+    from medgrounder.core.boxes import from_grid
 
     records = {r.image_id: r for r in datamodule.records["test"]}
     panels = []
@@ -167,7 +168,7 @@ def box_figure(rows: list[dict], datamodule, n: int):
 def refer_box_figure(rows: list[dict], datamodule, n: int):
     """Ground truth (green, with the phrase's category) and predicted boxes (red) of the first
     ``n`` ``[refer]`` test rows, on the datamodule's cached picture of each image."""
-    from medgrounder.data.boxes import from_grid
+    from medgrounder.core.boxes import from_grid
 
     panels = []
     for row in rows[:n]:

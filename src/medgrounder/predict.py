@@ -24,10 +24,11 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from medgrounder.data.boxes import from_grid
+from medgrounder.core.boxes import from_grid
+from medgrounder.core.template import PROMPT_PREFIX
 from medgrounder.data.collate import images_to_float
-from medgrounder.data.dicom import load_dicom_uint8
-from medgrounder.data.prompts import INSTRUCTIONS, PROMPT_PREFIX, prompt_suffix, refer_instruction
+from medgrounder.data.prompts import INSTRUCTIONS, prompt_suffix, refer_instruction
+from medgrounder.data.vindr.dicom import load_dicom_uint8
 from medgrounder.eval.parse import parse_identify, parse_refer, parse_vqa
 from medgrounder.eval.visualize import draw_boxes
 from medgrounder.evaluate import load_checkpoint_module

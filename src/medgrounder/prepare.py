@@ -14,14 +14,14 @@
     DIR/report.json                       RAW, counts, reader conflicts, missing and unreadable
                                           files
 
-Every pixel is windowed as :func:`~medgrounder.data.dicom.load_dicom_uint8` windows it; the
+Every pixel is windowed as :func:`~medgrounder.data.vindr.dicom.load_dicom_uint8` windows it; the
 8-bit values are averaged over integer boxes to between N and 2N - 1 a side (Pillow's
 ``Image.reduce``), and Pillow's bilinear filter finishes at N (horizontal pass first, as Pillow's
 ``resize`` up to version 12): :func:`resize_square` of the full-size windowed image, bit for
 bit, within a grey level of ``Image.resize((N, N), BILINEAR, reducing_gap=1)``. The windowing
 and the box reduction run as one pass over the stored values
-(:func:`~medgrounder.data.dicom.load_dicom_reduced`), so the full-size 8-bit image is never
-made, and the bilinear passes vectorise (:mod:`medgrounder.data.resample`). On full-size
+(:func:`~medgrounder.data.vindr.dicom.load_dicom_reduced`), so the full-size 8-bit image is never
+made, and the bilinear passes vectorise (:mod:`medgrounder.data.vindr.resample`). On full-size
 uncompressed films the whole path (header, pixels, window, resize) costs about 5 % more than
 pydicom's decode alone, where windowing every pixel and then Pillow's resize cost 190 % more
 (``bench/bench_prepare.py``). The result is 0.3 grey levels on average from Pillow's
@@ -50,14 +50,13 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
-from medgrounder.data.dicom import (
+from medgrounder.data.vindr.dicom import (
     WINDOWINGS,
     DicomReadError,
     load_dicom_reduced,
     reduce_factors,
 )
-from medgrounder.data.resample import bilinear, box_reduce
-from medgrounder.data.vindr import (
+from medgrounder.data.vindr.records import (
     LAYOUTS,
     SPLITS,
     VinDrRecord,
@@ -65,6 +64,7 @@ from medgrounder.data.vindr import (
     dicom_path,
     parse_labels,
 )
+from medgrounder.data.vindr.resample import bilinear, box_reduce
 
 SETTINGS_FILE = "prepare.json"
 ANNOTATIONS_FILE = "annotations.jsonl"
@@ -107,7 +107,7 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_reduced(img: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
-    """The box reduction of a ``width x height`` image (:func:`~medgrounder.data.dicom.reduce_factors`)
+    """The box reduction of a ``width x height`` image (:func:`~medgrounder.data.vindr.dicom.reduce_factors`)
     -> ``uint8 [size, size]``: the rest of :func:`resize_square` (bilinear over the box that
     keeps the original geometry, partial edge boxes included, as Pillow's own resize does)."""
     kx, ky = reduce_factors(width, height, size)

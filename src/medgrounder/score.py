@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS
+from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
 from medgrounder.eval.metrics import mscxr_refer_metrics, vindr_identify_metrics, vindr_vqa_metrics
 from medgrounder.eval.tables import (
     classification_table,

@@ -36,8 +36,8 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from medgrounder.data.boxes import Box, iou
-from medgrounder.data.labels import (
+from medgrounder.core.boxes import Box, iou
+from medgrounder.core.labels import (
     GLOBAL_INDEX,
     GLOBAL_LABELS,
     KAGGLE_CLASS_ID,

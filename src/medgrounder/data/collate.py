@@ -7,9 +7,8 @@ import hashlib
 
 import torch
 
+from medgrounder.core.template import IGNORE_INDEX
 from medgrounder.data.prompts import prompt_suffix
-
-IGNORE_INDEX = -100
 
 
 def images_to_float(images: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from medgrounder.data.boxes import format_box
-from medgrounder.data.labels import GLOBAL_INDEX, GLOBAL_LABELS, LOCAL_INDEX
-
-PROMPT_PREFIX = "[INST] <Img>"
-PROMPT_SUFFIX = "</Img> {task} {instruction} [/INST]"
+from medgrounder.core import template
+from medgrounder.core.grammar import BOX_DELIM, format_box
+from medgrounder.core.labels import GLOBAL_INDEX, GLOBAL_LABELS, LOCAL_INDEX
 
 INSTRUCTIONS: dict[str, str] = {
     # LiteGPT section 4.4, stage 1 (localization) and stage 2 (diagnosis).
@@ -59,12 +57,11 @@ INSTRUCTIONS["caption"] = CAPTION_INSTRUCTIONS[0]
 LOCAL_PREFIX = "Local diseases of this chest radiograph are "
 GLOBAL_PREFIX = "Global diseases of this chest radiograph are "
 NO_LOCAL_FINDINGS = "The chest radiograph shows no findings."
-BOX_DELIM = "<delim>"
 
 
 def prompt_suffix(task: str, instruction: str | None = None) -> str:
     """Text after the image embeddings, e.g. ``</Img> [identify] Please describe ... [/INST]``."""
-    return PROMPT_SUFFIX.format(task=f"[{task}]", instruction=instruction or INSTRUCTIONS[task])
+    return template.prompt_suffix(task, instruction or INSTRUCTIONS[task])
 
 
 def refer_instruction(label_text: str, choice: int = 0) -> str:

@@ -11,7 +11,7 @@ rather than reshuffling (MiniGPT-4 / LiteGPT count epochs in iterations, ``iters
 Resuming needs only the global batch index where training stopped (``start``): the first
 ``__iter__`` yields the rest of that epoch, later ones whole epochs. The index comes from
 Lightning's progress counters when a checkpoint is written
-(:meth:`~medgrounder.data.datamodule.VinDrDataModule.state_dict`), not from the sampler, which
+(:meth:`~medgrounder.data.vindr.datamodule.VinDrDataModule.state_dict`), not from the sampler, which
 the loader iterates ahead of training (prefetching).
 """
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Sampler
 
-from medgrounder.data.boxes import Box
+from medgrounder.core.boxes import Box
 
 __all__ = [
     "CropSettings",
@@ -119,7 +119,7 @@ def view_grid(box: Sequence[float], view: View) -> tuple[int, int, int, int]:
 
 def view_grid_to_pixels(grid: Sequence[float], view: View) -> Box:
     """A 0-100 grid box of the view -> original pixels (for the full view this is
-    :func:`medgrounder.data.boxes.from_grid`)."""
+    :func:`medgrounder.core.boxes.from_grid`)."""
     g1, g2, g3, g4 = grid
     return (view.x1 + g1 / 100 * view.width, view.y1 + g2 / 100 * view.height,
             view.x1 + g3 / 100 * view.width, view.y1 + g4 / 100 * view.height)

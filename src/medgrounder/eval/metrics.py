@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from medgrounder.data.boxes import from_grid, iou, to_grid
-from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS, MSCXR_CATEGORIES, NO_FINDING
+from medgrounder.core.boxes import from_grid, iou, to_grid
+from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS, MSCXR_CATEGORIES, NO_FINDING
 from medgrounder.eval.parse import parse_identify, parse_vqa
 
 __all__ = [

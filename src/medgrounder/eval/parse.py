@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from medgrounder.data.boxes import GridBox
-from medgrounder.data.labels import GLOBAL_ALIASES, GLOBAL_LABELS, LOCAL_LABELS, NO_FINDING
+from medgrounder.core.boxes import GridBox
+from medgrounder.core.grammar import BOX_RE, DELIM_RE, PHRASE_RE
+from medgrounder.core.labels import GLOBAL_ALIASES, GLOBAL_LABELS, LOCAL_LABELS, NO_FINDING
 from medgrounder.data.prompts import GLOBAL_PREFIX, LOCAL_PREFIX
 
 __all__ = ["Parsed", "parse_boxes", "parse_identify", "parse_refer", "parse_vqa"]
@@ -33,11 +34,6 @@ class Parsed:
     labels: set[str] = field(default_factory=set)
 
 
-_COORD = r"<\s*([+-]?[0-9]+)\s*>"
-_BOX_RE = re.compile(r"\{\s*" + r"\s*".join([_COORD] * 4) + r"\s*\}")
-_DELIM_RE = re.compile(r"<\s*delim\s*>", re.IGNORECASE)
-# A class name never contains brackets, which keeps the scan linear on unterminated tags.
-_PHRASE_RE = re.compile(r"<\s*p\s*>([^<>{}]*)<\s*/\s*p\s*>", re.IGNORECASE)
 _SEP_RE = re.compile(r"(?:[\s,;:.]+|and\b)", re.IGNORECASE)
 _TOKEN_START_RE = re.compile(r"[<{]")
 
@@ -92,7 +88,7 @@ def parse_boxes(text: object) -> list[GridBox]:
     """Every ``{<x1><y1><x2><y2>}`` box in ``text`` (clamped to 0-100, corners ordered)."""
     if not isinstance(text, str):
         return []
-    return [_box(m) for m in _BOX_RE.finditer(text)]
+    return [_box(m) for m in BOX_RE.finditer(text)]
 
 
 def _is_no_findings(text: str) -> bool:
@@ -115,7 +111,7 @@ def parse_identify(text: object) -> Parsed:
     """
     if not isinstance(text, str) or not text.strip():
         return Parsed(False)
-    if not _BOX_RE.search(text) and not _PHRASE_RE.search(text) and _is_no_findings(text):
+    if not BOX_RE.search(text) and not PHRASE_RE.search(text) and _is_no_findings(text):
         return Parsed(True)
 
     m = _LOCAL_PREFIX_RE.match(text)
@@ -129,21 +125,21 @@ def parse_identify(text: object) -> Parsed:
     while pos < len(text):
         if m := _SEP_RE.match(text, pos):
             pos = m.end()
-        elif m := _PHRASE_RE.match(text, pos):
+        elif m := PHRASE_RE.match(text, pos):
             if (current is not None and n_boxes == 0) or pending_delim:
                 valid = False
             current = _LOCAL_NAMES.get(_norm(m.group(1)), "")
             valid &= bool(current)
             n_boxes, pending_delim, n_groups = 0, False, n_groups + 1
             pos = m.end()
-        elif m := _BOX_RE.match(text, pos):
+        elif m := BOX_RE.match(text, pos):
             if current is None:
                 valid = False
             elif current:
                 findings.append((current, _box(m)))
             n_boxes, pending_delim = n_boxes + 1, False
             pos = m.end()
-        elif m := _DELIM_RE.match(text, pos):
+        elif m := DELIM_RE.match(text, pos):
             valid &= n_boxes > 0 and not pending_delim
             pending_delim = True
             pos = m.end()
@@ -186,6 +182,6 @@ def parse_refer(text: object) -> Parsed:
     if not isinstance(text, str):
         return Parsed(False)
     findings = [("", b) for b in parse_boxes(text)]
-    rest = _DELIM_RE.sub(" ", _BOX_RE.sub(" ", text))
+    rest = DELIM_RE.sub(" ", BOX_RE.sub(" ", text))
     valid = bool(findings) and re.fullmatch(r"[\s.,;]*", rest) is not None
     return Parsed(valid, findings, set())

@@ -54,6 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medgrounder.core.grammar import strip_grounding
+
 __all__ = [
     "TEXT_KEYS",
     "bleu",
@@ -71,23 +73,6 @@ log = logging.getLogger(__name__)
 
 TEXT_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu1", "bleu2", "bleu3", "bleu4", "meteor", "cider")
 DEBIAN_WORDNET = "/usr/share/wordnet"
-
-_BOX_RE = re.compile(r"\{\s*(?:<\s*[+-]?[0-9]+\s*>\s*){4}\}")
-_DELIM_RE = re.compile(r"<\s*delim\s*>", re.IGNORECASE)
-_TAG_RE = re.compile(r"<\s*/?\s*p\s*>", re.IGNORECASE)
-
-
-def strip_grounding(text: object, keep_tags: bool = False) -> str:
-    """Remove boxes and ``<delim>`` (and ``<p>`` tags unless ``keep_tags``) from an answer;
-    whitespace is collapsed and no space is left before ``, . ; :``. Non-str gives ``""``."""
-    if not isinstance(text, str):
-        return ""
-    text = _DELIM_RE.sub(" ", _BOX_RE.sub(" ", text))
-    if not keep_tags:
-        text = _TAG_RE.sub(" ", text)
-    text = " ".join(text.split())
-    return re.sub(r"\s+([,.;:])", r"\1", text)
-
 
 # ---------------------------------------------------------------------------------- ROUGE
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:

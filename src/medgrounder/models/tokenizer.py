@@ -16,14 +16,14 @@ from functools import lru_cache
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from medgrounder.data.labels import GLOBAL_LABELS, LOCAL_LABELS, MSCXR_CATEGORIES
+from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS, MSCXR_CATEGORIES
+from medgrounder.core.template import PROMPT_PREFIX
 from medgrounder.data.prompts import (
     CAPTION_INSTRUCTIONS,
     GLOBAL_PREFIX,
     INSTRUCTIONS,
     LOCAL_PREFIX,
     NO_LOCAL_FINDINGS,
-    PROMPT_PREFIX,
     REFER_INSTRUCTIONS,
     prompt_suffix,
     refer_instruction,

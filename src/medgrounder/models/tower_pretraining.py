@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from medgrounder.core.labels import LOCAL_INDEX, LOCAL_LABELS
 from medgrounder.data.collate import images_to_float
-from medgrounder.data.labels import LOCAL_INDEX, LOCAL_LABELS
 from medgrounder.models.vlm import fused_adamw_ok
 
 log = logging.getLogger(__name__)

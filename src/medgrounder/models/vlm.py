@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgrounder.data.collate import IGNORE_INDEX
-from medgrounder.data.prompts import PROMPT_PREFIX
+from medgrounder.core.template import IGNORE_INDEX, PROMPT_PREFIX
 from medgrounder.models.checkpoints import PARTS, load_minigptv2
 from medgrounder.models.fusion import merge_tokens, merged_token_count, resolve_merge
 from medgrounder.models.llm import build_llm

@@ -32,9 +32,9 @@ SOURCES = {
 }
 # Data modules of this suite by _target_ (or data.dataset); multitask holds one per task.
 DATA_MODULES = {
-    "medgrounder.data.datamodule.VinDrDataModule": "vindr",
-    "medgrounder.data.mscxr.MSCXRDataModule": "mscxr",
-    "medgrounder.data.captions.CaptionDataModule": "captions",
+    "medgrounder.data.vindr.datamodule.VinDrDataModule": "vindr",
+    "medgrounder.data.mscxr.datamodule.MSCXRDataModule": "mscxr",
+    "medgrounder.data.captions.datamodule.CaptionDataModule": "captions",
     "medgrounder.data.multitask.MultiTaskDataModule": "multitask",
 }
 # Weight files (not hub repositories): config key suffix -> where to get them.

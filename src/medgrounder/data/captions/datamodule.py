@@ -36,8 +36,9 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from medgrounder.core.template import PROMPT_PREFIX
 from medgrounder.data.collate import PromptCollator
-from medgrounder.data.prompts import CAPTION_INSTRUCTIONS, PROMPT_PREFIX, prompt_suffix
+from medgrounder.data.prompts import CAPTION_INSTRUCTIONS, prompt_suffix
 from medgrounder.data.views import (
     CropSettings,
     View,

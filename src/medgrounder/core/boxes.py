@@ -1,4 +1,4 @@
-"""Box geometry shared by data and evaluation.
+"""Box geometry shared by data and evaluation (the answer text of a box is in :mod:`medgrounder.core.grammar`).
 
 Boxes are ``(x1, y1, x2, y2)`` in original-image pixels unless a name says ``grid``: the
 model's 0-100 integer grid on the original image (LiteGPT section 4.2, design section 5).
@@ -47,11 +47,6 @@ def from_grid(grid: Sequence[float], width: float, height: float) -> Box:
     """0-100 grid -> pixels of the original image (the inverse of :func:`to_grid` up to rounding)."""
     x1, y1, x2, y2 = grid
     return (x1 / 100 * width, y1 / 100 * height, x2 / 100 * width, y2 / 100 * height)
-
-
-def format_box(grid: Sequence[int]) -> str:
-    """``(38, 49, 82, 63)`` -> ``{<38><49><82><63>}`` (the answer vocabulary of design section 5)."""
-    return "{" + "".join(f"<{int(v)}>" for v in grid) + "}"
 
 
 def dedup_boxes(boxes: Sequence[Sequence[float]], thr: float = 0.5, mode: str = "medoid") -> list[Box]:

@@ -9,7 +9,7 @@ and Pillow's fixed-point rounding, ``((sum + count // 2) * multiplier(count)) >>
 pass over the stored values, instead of a gather, a full-size 8-bit image and a second pass, is
 what makes it fast (``bench/bench_prepare.py``).
 
-A pixel's 8-bit value comes from the window table of :mod:`medgrounder.data.dicom` (one entry
+A pixel's 8-bit value comes from the window table of :mod:`medgrounder.data.vindr.dicom` (one entry
 per stored code), or, for a linear window (the standard's, ``LINEAR_EXACT``, or the data's
 min..max), from the same float32 arithmetic that built the table (:class:`LinearWindow`):
 vectorised, and with no 64 KiB table competing for the cache on 16-bit images. The arithmetic
@@ -34,7 +34,7 @@ _ROUND = np.float32(2.0**23)  # (y + 2**23) - 2**23 rounds half to even, as np.r
 
 
 class LinearWindow(NamedTuple):
-    """A linear window as :func:`medgrounder.data.dicom._window_dicom` evaluates it, in float32:
+    """A linear window as :func:`medgrounder.data.vindr.dicom._window_dicom` evaluates it, in float32:
     ``y = clip(((code * slope + intercept) - offset) / divisor * scale + shift, 0, 1)``, then
     ``round((y * flip_scale + flip_offset) * 255)`` (``-1, 1`` for MONOCHROME1, else ``1, 0``).
     Factors of 1 and terms of 0 stand for the operations numpy skips: they change no bits."""
@@ -150,7 +150,7 @@ def window_reduce(table: np.ndarray, src: np.ndarray, kx: int, ky: int, mask: in
     ``np.asarray(Image.fromarray(table[codes & mask]).reduce((kx, ky)))``.
 
     ``src`` is 8- or 16-bit; its ``codes`` are its bytes read as native unsigned integers (a
-    signed or byte-swapped value is looked up by that code, as :mod:`medgrounder.data.dicom`
+    signed or byte-swapped value is looked up by that code, as :mod:`medgrounder.data.vindr.dicom`
     builds its tables). ``table`` (``uint8``) has an entry for every code ``codes & mask`` can
     take: ``2 ** bits`` without a ``mask``, ``mask + 1`` with one. Boxes of ``2 ** 24`` pixels
     or more are refused (Pillow's multiplier overflows there).

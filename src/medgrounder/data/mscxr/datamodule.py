@@ -16,7 +16,7 @@ Training views are random crops (:mod:`medgrounder.data.views`; PFMVG trains on 
 crops): boxes move with the image, a box cut by the crop is clipped, a box cropped away is
 dropped, and a crop that leaves the phrase without a box is drawn again (after ``max_tries`` the
 whole image is used). Validation and test view the whole image, so a predicted 0-100 grid box
-maps back to original pixels with :func:`~medgrounder.data.boxes.from_grid` (what the metrics
+maps back to original pixels with :func:`~medgrounder.core.boxes.from_grid` (what the metrics
 do); rows also carry ``view`` for :func:`~medgrounder.data.views.view_grid_to_pixels`.
 
 Images are decoded once into a square ``uint8 [N, C, C]`` cache (``cache_size``, default the
@@ -40,11 +40,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from medgrounder.data.boxes import Box
+from medgrounder.core.boxes import Box
+from medgrounder.core.labels import MSCXR_CATEGORIES
+from medgrounder.core.template import PROMPT_PREFIX
 from medgrounder.data.collate import PromptCollator
-from medgrounder.data.labels import MSCXR_CATEGORIES
 from medgrounder.data.prompts import (
-    PROMPT_PREFIX,
     REFER_INSTRUCTIONS,
     prompt_suffix,
     refer_answer,

@@ -3,9 +3,9 @@
 ``root`` is either the raw PhysioNet layout or the output of ``python -m medgrounder.prepare
 vindr`` (detected by its ``annotations.jsonl``; PhysioNet or Kaggle source).
 
-- Raw: labels come from :func:`medgrounder.data.vindr.load_vindr_physionet` (reader conflicts
+- Raw: labels come from :func:`medgrounder.data.vindr.records.load_vindr_physionet` (reader conflicts
   removed, boxes de-duplicated, sizes from the DICOM headers); pixels from
-  :func:`medgrounder.data.dicom.load_dicom_uint8`, decoded once per process.
+  :func:`medgrounder.data.vindr.dicom.load_dicom_uint8`, decoded once per process.
 - Prepared: labels and original sizes from ``annotations.jsonl``, pixels from the cached PNGs
   (``record.image``; resized again only when their size differs from ``image_size``);
   ``record.path`` still names the source DICOM. The windowing and de-duplication settings
@@ -39,13 +39,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from medgrounder.data.boxes import to_grid
+from medgrounder.core.boxes import to_grid
+from medgrounder.core.labels import NO_FINDING
 from medgrounder.data.collate import PromptCollator
-from medgrounder.data.dicom import load_dicom_uint8
-from medgrounder.data.labels import NO_FINDING
 from medgrounder.data.prompts import identify_answer, vqa_answer
 from medgrounder.data.sampler import StreamSampler
-from medgrounder.data.vindr import VinDrRecord, load_vindr_physionet
+from medgrounder.data.vindr.dicom import load_dicom_uint8
+from medgrounder.data.vindr.records import VinDrRecord, load_vindr_physionet
 from medgrounder.prepare import is_prepared, read_prepared, resize_square
 
 log = logging.getLogger(__name__)

@@ -7,14 +7,14 @@ PhysioNet 1.0.0 layout (design section 5)::
     {train,test}/<image_id>.dicom
 
 Kaggle VinBigData layout: ``train.csv`` (``image_id,class_name,class_id,rad_id,x_min,y_min,
-x_max,y_max``; the 14 classes of :data:`~medgrounder.data.labels.KAGGLE_CLASSES` and "No
+x_max,y_max``; the 14 classes of :data:`~medgrounder.core.labels.KAGGLE_CLASSES` and "No
 finding" = 14 with empty boxes) and ``train/<image_id>.dicom``. Kaggle has no global labels
 (records get ``global_labels == []``) and no labelled test split.
 
 Label building is split in two so ``prepare`` can take image sizes from its decoding workers:
 :func:`parse_physionet` / :func:`parse_kaggle` read the csv files into per-image
 :class:`Readings` (no image I/O), :func:`build_records` clips boxes to the image, merges them
-across and within readers per (image, class) with :func:`~medgrounder.data.boxes.dedup_boxes`
+across and within readers per (image, class) with :func:`~medgrounder.core.boxes.dedup_boxes`
 and removes images where one reader says "No finding" while another draws a box. Global labels
 are the union over the readers' rows of the label csv. The result does not depend on row order
 or ``PYTHONHASHSEED``: every set is sorted before it is used.
@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
-from medgrounder.data.boxes import Box, dedup_boxes
-from medgrounder.data.dicom import DicomReadError, read_dicom_size
-from medgrounder.data.labels import (
+from medgrounder.core.boxes import Box, dedup_boxes
+from medgrounder.core.labels import (
     GLOBAL_INDEX,
     GLOBAL_LABELS,
     KAGGLE_CLASS_ID,
@@ -39,6 +38,7 @@ from medgrounder.data.labels import (
     NO_FINDING,
     canonical_global,
 )
+from medgrounder.data.vindr.dicom import DicomReadError, read_dicom_size
 
 SPLITS = ("train", "test")
 LAYOUTS = ("physionet", "kaggle")

@@ -44,7 +44,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from medgrounder.data.resample import LinearWindow, box_reduce, window_reduce
+from medgrounder.data.vindr.resample import LinearWindow, box_reduce, window_reduce
 
 WINDOWINGS = ("dicom", "litegpt")
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -396,7 +396,7 @@ def load_dicom_reduced(path: str | PathLike, size: int, windowing: str = "dicom"
 
     Equal to ``Image.fromarray(load_dicom_uint8(path, windowing)).reduce(reduce_factors(w, h,
     size))`` bit for bit, in one pass over the stored values without the full-size 8-bit image
-    (:func:`~medgrounder.data.resample.window_reduce`).
+    (:func:`~medgrounder.data.vindr.resample.window_reduce`).
     """
     if windowing not in WINDOWINGS:
         raise ValueError(f"windowing must be one of {WINDOWINGS}, got {windowing!r}")
