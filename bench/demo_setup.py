@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from medgrounder.data.collate import PromptCollator
-from medgrounder.data.prompts import identify_answer
+from medgrounder.tasks.identify import identify_answer
 
 
 def demo_config():

@@ -20,7 +20,6 @@ from medgrounder.data.captions.datamodule import (
     RocoCaptions,
     report_sections,
 )
-from medgrounder.data.prompts import CAPTION_INSTRUCTIONS
 from medgrounder.synth import (
     _plan_chests,
     clef_caption,
@@ -29,6 +28,7 @@ from medgrounder.synth import (
     roco_caption,
     synth_captions,
 )
+from medgrounder.tasks.caption import CAPTION_INSTRUCTIONS
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from PIL import Image
 
 from helpers import compose_train, tiny_run_overrides
 from medgrounder.core.boxes import to_grid
-from medgrounder.data.prompts import identify_answer, vqa_answer
+from medgrounder.tasks.identify import identify_answer
+from medgrounder.tasks.vqa import vqa_answer
 
 
 @pytest.fixture(scope="module")

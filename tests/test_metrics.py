@@ -7,7 +7,6 @@ import pytest
 from sklearn.metrics import classification_report
 
 from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.data.prompts import identify_answer, vqa_answer
 from medgrounder.eval.metrics import (
     localization_accuracy,
     mean_box_baseline,
@@ -15,6 +14,8 @@ from medgrounder.eval.metrics import (
     vindr_identify_metrics,
     vindr_vqa_metrics,
 )
+from medgrounder.tasks.identify import identify_answer
+from medgrounder.tasks.vqa import vqa_answer
 
 SK_AVG = {
     "micro": "micro avg",

@@ -8,11 +8,12 @@ import torch
 
 from medgrounder.core.template import IGNORE_INDEX
 from medgrounder.data.collate import PromptCollator
-from medgrounder.data.prompts import identify_answer, vqa_answer
 from medgrounder.models.encoders import FusedTowers, HFCLIPVision, TimmViT
 from medgrounder.models.fusion import merge_tokens, merged_token_count
 from medgrounder.models.tokenizer import build_tiny_tokenizer
 from medgrounder.models.vlm import VisionLanguageModel, fused_adamw_ok
+from medgrounder.tasks.identify import identify_answer
+from medgrounder.tasks.vqa import vqa_answer
 
 TINY_LLM = {
     "config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from medgrounder.core.boxes import from_grid
 from medgrounder.core.labels import MSCXR_CATEGORIES
+from medgrounder.core.template import prompt_suffix
 from medgrounder.data.mscxr.datamodule import (
     MSCXR_CSV,
     MSCXRDataModule,
@@ -24,12 +25,6 @@ from medgrounder.data.mscxr.datamodule import (
     official_split,
     patient_of,
     split_by_patient,
-)
-from medgrounder.data.prompts import (
-    REFER_INSTRUCTIONS,
-    prompt_suffix,
-    refer_answer,
-    refer_instruction,
 )
 from medgrounder.data.views import (
     CropSettings,
@@ -43,6 +38,7 @@ from medgrounder.data.views import (
 from medgrounder.eval.metrics import mscxr_mean_box_baseline, mscxr_refer_metrics
 from medgrounder.eval.parse import parse_refer
 from medgrounder.synth import MSCXR_HEADER, location_words, synth_mscxr
+from medgrounder.tasks.refer import REFER_INSTRUCTIONS, refer_answer, refer_instruction
 
 PATH_RE = re.compile(r"^files/p(\d{2})/p(\d{8})/s(\d{8})/([0-9a-f]{8}(?:-[0-9a-f]{8}){4})\.jpg$")
 
@@ -292,8 +288,8 @@ def test_full_view_maps_the_grid_back_like_from_grid():
 
 
 def test_every_refer_and_caption_instruction_renders():
-    from medgrounder.data.prompts import CAPTION_INSTRUCTIONS
     from medgrounder.models.tokenizer import load_tokenizer
+    from medgrounder.tasks.caption import CAPTION_INSTRUCTIONS
 
     tok = load_tokenizer()
     phrase = "small right apical pneumothorax"

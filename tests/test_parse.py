@@ -5,8 +5,9 @@ import random
 import pytest
 
 from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.data.prompts import NO_LOCAL_FINDINGS, identify_answer, vqa_answer
 from medgrounder.eval.parse import Parsed, parse_boxes, parse_identify, parse_refer, parse_vqa
+from medgrounder.tasks.identify import NO_LOCAL_FINDINGS, identify_answer
+from medgrounder.tasks.vqa import vqa_answer
 
 
 def random_box(rng):

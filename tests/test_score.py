@@ -6,7 +6,8 @@ import pytest
 
 from medgrounder import score
 from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.data.prompts import identify_answer, vqa_answer
+from medgrounder.tasks.identify import identify_answer
+from medgrounder.tasks.vqa import vqa_answer
 
 
 def write_jsonl(path, rows):

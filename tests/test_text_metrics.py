@@ -12,8 +12,9 @@ from pycocoevalcap.cider.cider import Cider
 from rouge_score import rouge_scorer
 
 from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.data.prompts import identify_answer, vqa_answer
 from medgrounder.eval import text_metrics as tm
+from medgrounder.tasks.identify import identify_answer
+from medgrounder.tasks.vqa import vqa_answer
 
 WORDS = ["the", "heart", "lung", "left", "right", "small", "large", "effusion", "opacity", "of", "is", "no", "and", "pleural"]
 

@@ -28,8 +28,6 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.core.template import PROMPT_PREFIX
-from medgrounder.data.prompts import prompt_suffix
 from medgrounder.data.vindr.dicom import load_dicom_uint8
 from medgrounder.eval import tables
 from medgrounder.eval.metrics import (
@@ -43,6 +41,7 @@ from medgrounder.eval.parse import parse_identify, parse_refer
 from medgrounder.eval.text_metrics import text_metrics
 from medgrounder.eval.visualize import draw_boxes, save_grid
 from medgrounder.models.tower_pretraining import pretrain_configured_towers
+from medgrounder.tasks import get_task
 
 log = logging.getLogger("medgrounder.evaluate")
 TASK_KEYS = {"identify": "vindr_identify", "grounding": "vindr_identify", "vqa": "vindr_vqa",
@@ -64,7 +63,7 @@ def _generate(module, loader, desc: str) -> list[dict]:
         answers = module.generate(batch["images"].to(module.device), batch["prompt_ids"].to(module.device),
                                   batch["prompt_mask"].to(module.device))
         for meta, answer in zip(batch["meta"], answers, strict=True):
-            prompt = meta.get("prompt") or f"{PROMPT_PREFIX}<ImageHere>{prompt_suffix(meta['task'])}"
+            prompt = meta.get("prompt") or get_task(meta["task"]).prompt()
             rows.append({**meta, "prompt": prompt, "prediction": answer})
     module.train(was_training)
     return rows

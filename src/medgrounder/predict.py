@@ -25,13 +25,12 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from medgrounder.core.boxes import from_grid
-from medgrounder.core.template import PROMPT_PREFIX
 from medgrounder.data.collate import images_to_float
-from medgrounder.data.prompts import INSTRUCTIONS, prompt_suffix, refer_instruction
 from medgrounder.data.vindr.dicom import load_dicom_uint8
 from medgrounder.eval.parse import parse_identify, parse_refer, parse_vqa
 from medgrounder.eval.visualize import draw_boxes
 from medgrounder.evaluate import load_checkpoint_module
+from medgrounder.tasks import Target, get_task
 
 log = logging.getLogger("medgrounder.predict")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -66,7 +65,8 @@ def predict(ckpt_path: str | Path, image: str | Path, out_dir: str | Path, phras
     stage_task = run_cfg.stages[stage].task
     module.eval()
     task = task or ("refer" if phrase else stage_task)
-    if phrase is None and task not in INSTRUCTIONS:
+    spec = get_task(task)
+    if phrase is None and spec.takes_phrase:
         raise ValueError(f"task [{task}] needs a phrase")
     data_cfg = run_cfg.data
     original = read_image(image, data_cfg.get("windowing", "dicom"))
@@ -74,7 +74,8 @@ def predict(ckpt_path: str | Path, image: str | Path, out_dir: str | Path, phras
     size = int(run_cfg.model.image_size)
     resized = np.asarray(Image.fromarray(original).resize((size, size), Image.BILINEAR))
     # [refer] asks with the instruction pool's first phrasing, as evaluation does.
-    suffix = prompt_suffix(task, refer_instruction(phrase) if task == "refer" and phrase else phrase)
+    instruction = spec.instruction(Target(text=phrase)) if spec.takes_phrase else phrase
+    suffix = spec.prompt_suffix(instruction)
     ids = torch.tensor([module.tokenizer.encode(suffix, add_special_tokens=False)])
     images = images_to_float(torch.from_numpy(resized)[None]).to(module.device)
     answer = module.generate(images, ids.to(module.device), torch.ones_like(ids).to(module.device),
@@ -82,7 +83,7 @@ def predict(ckpt_path: str | Path, image: str | Path, out_dir: str | Path, phras
     valid, boxes = answer_boxes(answer, task, width, height)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"image": str(image), "task": task, "prompt": f"{PROMPT_PREFIX}<ImageHere>{suffix}",
+    result = {"image": str(image), "task": task, "prompt": spec.prompt(instruction),
               "answer": answer, "valid": valid, "boxes": boxes, "image_width": width, "image_height": height}
     (out / "prediction.json").write_text(json.dumps(result, indent=2) + "\n")
     overlay = draw_boxes(original, [], [(b["label"], b["box"]) for b in boxes], title=Path(image).name[:24])

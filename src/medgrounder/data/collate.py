@@ -8,7 +8,7 @@ import hashlib
 import torch
 
 from medgrounder.core.template import IGNORE_INDEX
-from medgrounder.data.prompts import prompt_suffix
+from medgrounder.tasks import get_task
 
 
 def images_to_float(images: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,8 @@ class PromptCollator:
         if key not in self._suffix_cache:
             if len(self._suffix_cache) > 4096:  # phrases make many distinct prompts: bound the cache
                 self._suffix_cache.clear()
-            self._suffix_cache[key] = self.tokenizer.encode(prompt_suffix(task, instruction), add_special_tokens=False)
+            self._suffix_cache[key] = self.tokenizer.encode(get_task(task).prompt_suffix(instruction),
+                                                          add_special_tokens=False)
         return self._suffix_cache[key]
 
     def __call__(self, items: list[dict]) -> dict:

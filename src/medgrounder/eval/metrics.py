@@ -373,7 +373,7 @@ def mscxr_mean_box_baseline(train_boxes: Iterable[tuple[str, Sequence[int]]], ro
     ``train_boxes`` (``(category, grid box)`` pairs, rounded half up), or of all training boxes
     for a category not seen in training; scored by :func:`mscxr_refer_metrics`. The phrase's
     category is given for free, so this measures "where does this finding usually sit"."""
-    from medgrounder.data.prompts import refer_answer
+    from medgrounder.tasks.refer import refer_answer
 
     by_cat: dict[str, list[Sequence[int]]] = defaultdict(list)
     every: list[Sequence[int]] = []

@@ -1,7 +1,7 @@
 """Parse generated answers back into labels and grid boxes (design section 5).
 
-The parsers invert :func:`medgrounder.data.prompts.identify_answer` and
-:func:`~medgrounder.data.prompts.vqa_answer` and the MS-CXR ``[refer]`` answer. They accept
+The parsers invert :func:`medgrounder.tasks.identify.identify_answer` and
+:func:`~medgrounder.tasks.vqa.vqa_answer` and the MS-CXR ``[refer]`` answer. They accept
 spaces inside and between tokens (``{< 53 >< 28 > <65><36> }``), any letter case, a missing
 prefix or final period, and never raise: any ``str`` gives a :class:`Parsed`, anything else an
 invalid one.
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from medgrounder.core.boxes import GridBox
 from medgrounder.core.grammar import BOX_RE, DELIM_RE, PHRASE_RE
 from medgrounder.core.labels import GLOBAL_ALIASES, GLOBAL_LABELS, LOCAL_LABELS, NO_FINDING
-from medgrounder.data.prompts import GLOBAL_PREFIX, LOCAL_PREFIX
+from medgrounder.tasks.identify import LOCAL_PREFIX
+from medgrounder.tasks.vqa import GLOBAL_PREFIX
 
 __all__ = ["Parsed", "parse_boxes", "parse_identify", "parse_refer", "parse_vqa"]
 

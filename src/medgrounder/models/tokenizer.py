@@ -16,18 +16,8 @@ from functools import lru_cache
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS, MSCXR_CATEGORIES
 from medgrounder.core.template import PROMPT_PREFIX
-from medgrounder.data.prompts import (
-    CAPTION_INSTRUCTIONS,
-    GLOBAL_PREFIX,
-    INSTRUCTIONS,
-    LOCAL_PREFIX,
-    NO_LOCAL_FINDINGS,
-    REFER_INSTRUCTIONS,
-    prompt_suffix,
-    refer_instruction,
-)
+from medgrounder.tasks import TASKS
 
 # Report words of MS-CXR phrases and the caption corpora (locations, qualifiers, findings).
 REPORT_WORDS = (
@@ -43,14 +33,14 @@ SPECIAL = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_t
 
 
 def _corpus() -> list[str]:
-    lines = [PROMPT_PREFIX, LOCAL_PREFIX, GLOBAL_PREFIX, NO_LOCAL_FINDINGS]
-    lines += [prompt_suffix(task) for task in INSTRUCTIONS]
-    lines += [prompt_suffix("caption", c) for c in CAPTION_INSTRUCTIONS]
-    lines += [prompt_suffix("refer", refer_instruction("right lower pleural effusion", k))
-              for k in range(len(REFER_INSTRUCTIONS))]
-    lines += [" ".join(MSCXR_CATEGORIES).lower(), REPORT_WORDS, REPORT_WORDS.capitalize()]
-    lines += [f"<p>{name}</p> {{<12><34><56><78>}}<delim>{{<90><100><0><5>}}," for name in LOCAL_LABELS]
-    lines += [", ".join(GLOBAL_LABELS) + "."]
+    lines = [PROMPT_PREFIX]
+    lines += [text for task in TASKS.values() for text in task.prompt_corpus()]
+    answered: set[type] = set()  # [grounding] shares [identify]'s answers
+    for task in TASKS.values():
+        if type(task) not in answered:
+            answered.add(type(task))
+            lines += task.answer_corpus()
+    lines += [REPORT_WORDS, REPORT_WORDS.capitalize()]
     # Words later tasks use (MS-CXR phrases, captions) so the tiny vocabulary covers them.
     lines += ["[refer] [caption] [grounding] Where is the finding? Give the bounding box of the region."]
     return lines * 4

@@ -17,7 +17,7 @@ Each corpus is a *source* (a Hydra ``_target_``) that lists ``(image, caption)``
 
 :class:`CaptionDataModule` samples the training sources in proportion to their ``weight``
 (:class:`MixtureSampler`); each training item is a random crop with an instruction drawn from
-:data:`~medgrounder.data.prompts.CAPTION_INSTRUCTIONS`. Evaluation views whole images with the
+:data:`~medgrounder.tasks.caption.CAPTION_INSTRUCTIONS`. Evaluation views whole images with the
 pool's first instruction. Images are read lazily (the corpora are large).
 """
 
@@ -36,9 +36,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from medgrounder.core.template import PROMPT_PREFIX
 from medgrounder.data.collate import PromptCollator
-from medgrounder.data.prompts import CAPTION_INSTRUCTIONS, prompt_suffix
 from medgrounder.data.views import (
     CropSettings,
     View,
@@ -48,8 +46,10 @@ from medgrounder.data.views import (
     sample_crop,
     to_tensor,
 )
+from medgrounder.tasks import get_task
 
 log = logging.getLogger(__name__)
+CAPTION = get_task("caption")
 SPLITS = ("train", "val", "test")
 
 
@@ -313,7 +313,7 @@ class CaptionDataset(Dataset):
         except (OSError, ValueError) as e:
             raise OSError(f"{r.source} image {r.image} (record {r.id}) cannot be read: {e}") from e
         view = sample_crop(rng, width, height, self.crop) if rng is not None and self.crop else View.full(width, height)
-        instruction = CAPTION_INSTRUCTIONS[int(rng.integers(len(CAPTION_INSTRUCTIONS))) if rng is not None else 0]
+        instruction = CAPTION.instruction(rng=rng)
         return {
             "image": to_tensor(render_view(cache, width, height, view, self.image_size)),
             "task": "caption",
@@ -324,7 +324,7 @@ class CaptionDataset(Dataset):
                 "image_id": r.id,
                 "task": "caption",
                 "source": r.source,
-                "prompt": f"{PROMPT_PREFIX}<ImageHere>{prompt_suffix('caption', instruction)}",
+                "prompt": CAPTION.prompt(instruction),
                 "reference": r.caption,
                 "image_width": width,
                 "image_height": height,

@@ -42,14 +42,7 @@ from tqdm.auto import tqdm
 
 from medgrounder.core.boxes import Box
 from medgrounder.core.labels import MSCXR_CATEGORIES
-from medgrounder.core.template import PROMPT_PREFIX
 from medgrounder.data.collate import PromptCollator
-from medgrounder.data.prompts import (
-    REFER_INSTRUCTIONS,
-    prompt_suffix,
-    refer_answer,
-    refer_instruction,
-)
 from medgrounder.data.views import (
     CropSettings,
     EpochSampler,
@@ -62,8 +55,10 @@ from medgrounder.data.views import (
     to_tensor,
     view_grid,
 )
+from medgrounder.tasks import Target, get_task
 
 log = logging.getLogger(__name__)
+REFER = get_task("refer")
 
 MSCXR_CSV = "MS_CXR_Local_Alignment_v1.1.0.csv"
 REQUIRED_COLUMNS = ("dicom_id", "category_name", "label_text", "x", "y", "w", "h", "image_width",
@@ -237,9 +232,8 @@ class ReferDataset(Dataset):
         s = self.samples[index]
         rng = item_rng(self.seed, epoch, index) if self.train and epoch is not None else None
         view, boxes = self.view_and_boxes(s, rng)
-        choice = int(rng.integers(len(REFER_INSTRUCTIONS))) if rng is not None else 0
-        instruction = refer_instruction(s.label_text, choice)
-        answer = refer_answer(view_grid(b, view) for b in boxes)
+        instruction = REFER.instruction(Target(text=s.label_text), rng)
+        answer = REFER.answer(Target(findings=tuple(("", view_grid(b, view)) for b in boxes)))
         image = render_view(self.cache[self.image_index[s.dicom_id]], s.width, s.height, view, self.image_size)
         return {
             "image": to_tensor(image),
@@ -250,7 +244,7 @@ class ReferDataset(Dataset):
                 "id": s.sample_id,
                 "image_id": s.dicom_id,
                 "task": "refer",
-                "prompt": f"{PROMPT_PREFIX}<ImageHere>{prompt_suffix('refer', instruction)}",
+                "prompt": REFER.prompt(instruction),
                 "reference": answer,
                 "label_text": s.label_text,
                 "category": s.category,

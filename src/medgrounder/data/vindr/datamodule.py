@@ -42,11 +42,12 @@ from tqdm.auto import tqdm
 from medgrounder.core.boxes import to_grid
 from medgrounder.core.labels import NO_FINDING
 from medgrounder.data.collate import PromptCollator
-from medgrounder.data.prompts import identify_answer, vqa_answer
 from medgrounder.data.sampler import StreamSampler
 from medgrounder.data.vindr.dicom import load_dicom_uint8
 from medgrounder.data.vindr.records import VinDrRecord, load_vindr_physionet
 from medgrounder.prepare import is_prepared, read_prepared, resize_square
+from medgrounder.tasks.identify import identify_answer
+from medgrounder.tasks.vqa import vqa_answer
 
 log = logging.getLogger(__name__)
 TASKS = ("identify", "grounding", "vqa")
