@@ -363,8 +363,7 @@ def test_minigptv2_experiments_build_at_tiny_scale(name, tmp_path):
 
     from helpers import compose_train
 
-    cfg = compose_train([f"+experiment={name}", "model/encoder=tiny_eva_vit_g", "model/llm=tiny_llama",
-                         "model.init_from=null", f"paths.output_dir={tmp_path}"])
+    cfg = compose_train([f"+experiment={name}", "scale=tiny", f"paths.output_dir={tmp_path}"])
     model = instantiate(cfg.model)
     assert model.num_visual_tokens == 256 and model.projector[0].in_features == 4 * 64
     embeds = model.encode_images(torch.rand(1, 3, 448, 448))

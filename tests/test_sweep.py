@@ -55,7 +55,7 @@ def test_sweep_runs_every_job_and_writes_its_summary(synth_vindr_root, tmp_path)
     args = [f"data.root={synth_vindr_root}", "data.synth=null", "data.batch_size=4", "data.eval_batch_size=8",
             "data.decode_workers=1", "tower_pretraining=null", "model.max_new_tokens=8", "trainer.accelerator=cpu",
             "trainer.enable_progress_bar=false", "num_figure_images=1", "stages.identify.max_steps=2",
-            "stages.vqa.max_steps=1", "model/encoder=tiny_biomedclip,tiny_eva_vit_g,tiny_pubmedclip"]
+            "stages.vqa.max_steps=1", "model/encoder=biomedclip,eva_vit_g,pubmedclip"]
     result = train_cli(["-m", *args], cwd=tmp_path)
     said = result.stdout + result.stderr
     assert result.returncode == 1, said[-3000:]
@@ -68,11 +68,11 @@ def test_sweep_runs_every_job_and_writes_its_summary(synth_vindr_root, tmp_path)
     summary = json.loads((sweep / "summary.json").read_text())
     assert [(r["job"], r["status"]) for r in summary] == [("0", "done"), ("1", "failed"), ("2", "done")]
     assert "model.visual_tokens=49" in summary[1]["error"]
-    assert summary[0]["overrides"][-1] == "model/encoder=tiny_biomedclip"
+    assert summary[0]["overrides"][-1] == "model/encoder=biomedclip"
     for r in (summary[0], summary[2]):
         assert 0 <= r["metrics"]["vindr_identify/acc@0.3"] <= 1 and "vindr_vqa/global/micro/f1" in r["metrics"]
     md = (sweep / "summary.md").read_text()
-    assert "| 1 | `model/encoder=tiny_eva_vit_g` | failed |" in md and "2 of 3 jobs done" in md
+    assert "| 1 | `model/encoder=eva_vit_g` | failed |" in md and "2 of 3 jobs done" in md
 
     for job in ("0", "2"):  # its own directory, its own W&B runs (one per stage), grouped by the sweep
         out = sweep / job
