@@ -7,9 +7,11 @@ import pydicom
 import pytest
 
 from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
+from medgrounder.data.synthetic import APPEARANCE, SHAPE_FAMILY
 from medgrounder.data.vindr.dicom import load_dicom_uint8
 from medgrounder.data.vindr.records import load_vindr_physionet
-from medgrounder.synth import APPEARANCE, SHAPE_FAMILY, global_labels_from_local, main, synth_vindr
+from medgrounder.data.vindr.synth import global_labels_from_local, synth_vindr
+from medgrounder.synth import main
 
 N, SEED = 24, 3
 
