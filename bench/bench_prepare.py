@@ -52,10 +52,16 @@ from pydicom.uid import JPEG2000Lossless
 from medgrounder.core.boxes import to_grid
 from medgrounder.data.vindr import dicom
 from medgrounder.data.vindr.dicom import load_dicom_uint8
-from medgrounder.data.vindr.records import build_records, dicom_path, parse_kaggle, read_sizes
+from medgrounder.data.vindr.layout import dicom_path
+from medgrounder.data.vindr.prepared import (
+    load_cache_image,
+    prepare_image,
+    resize_reduced,
+    resize_square,
+)
+from medgrounder.data.vindr.records import build_records, parse_kaggle, read_sizes
 from medgrounder.data.vindr.resample import window_reduce
-from medgrounder.prepare import load_cache_image, prepare_image, resize_reduced, resize_square
-from medgrounder.synth import synth_vindr
+from medgrounder.data.vindr.synth import synth_vindr
 from medgrounder.tasks.identify import identify_answer
 
 

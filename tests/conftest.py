@@ -15,7 +15,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def synth_vindr_root(tmp_path_factory):
-    from medgrounder.synth import synth_vindr
+    from medgrounder.data.vindr.synth import synth_vindr
 
     root = tmp_path_factory.mktemp("vindr") / "synthetic_vindr"
     synth_vindr(str(root), n=40, seed=3)

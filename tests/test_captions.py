@@ -12,22 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from medgrounder.data.captions.datamodule import (
-    CaptionDataModule,
+from medgrounder.data.captions.datamodule import CaptionDataModule, MixtureSampler
+from medgrounder.data.captions.sources import (
     ImageCLEF2022Captions,
     MimicReports,
-    MixtureSampler,
     RocoCaptions,
     report_sections,
 )
-from medgrounder.synth import (
-    _plan_chests,
-    clef_caption,
-    location_words,
-    mimic_report,
-    roco_caption,
-    synth_captions,
-)
+from medgrounder.data.captions.synth import clef_caption, mimic_report, roco_caption, synth_captions
+from medgrounder.data.synthetic import location_words, plan_chests
 from medgrounder.tasks.caption import CAPTION_INSTRUCTIONS
 
 
@@ -60,7 +53,7 @@ def test_layouts_are_the_official_ones(corpora):
 
 
 def test_captions_describe_what_is_drawn():
-    for plan in _plan_chests(np.random.default_rng(1), 30, 64, 96, (0.3, 0.4, 0.3)):
+    for plan in plan_chests(np.random.default_rng(1), 30, 64, 96, (0.3, 0.4, 0.3)):
         texts = [roco_caption(plan), clef_caption(plan), mimic_report(plan)]
         if not plan.findings:
             assert "no acute" in texts[0].lower() and "normal" in texts[1].lower()

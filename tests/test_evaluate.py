@@ -203,8 +203,8 @@ def test_predict_command_line(tiny_run, synth_vindr_root, tmp_path):
 # ---------------------------------------------------------------- box figure, prepared data
 def test_box_figure_falls_back_to_the_cached_image(synth_vindr_root, tmp_path):
     from medgrounder.data.vindr.datamodule import VinDrDataModule
+    from medgrounder.data.vindr.prepared import prepare_vindr
     from medgrounder.evaluate import box_figure
-    from medgrounder.prepare import prepare_vindr
 
     prepare_vindr(synth_vindr_root, tmp_path / "prep", size=64, workers=1)
     dm = VinDrDataModule(str(tmp_path / "prep"), decode_workers=1, image_size=64)

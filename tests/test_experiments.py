@@ -82,7 +82,8 @@ def test_full_scale_experiments_need_no_stand_in_pretraining(tmp_path):
 
 @pytest.fixture(scope="session")
 def synth_roots(tmp_path_factory, synth_vindr_root):
-    from medgrounder.synth import synth_captions, synth_mscxr
+    from medgrounder.data.captions.synth import synth_captions
+    from medgrounder.data.mscxr.synth import synth_mscxr
 
     base = tmp_path_factory.mktemp("pfmvg_data")
     synth_mscxr(base / "ms-cxr", n=30, seed=1, min_side=96, max_side=160)

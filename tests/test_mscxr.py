@@ -17,15 +17,11 @@ from hypothesis import strategies as st
 from medgrounder.core.boxes import from_grid
 from medgrounder.core.labels import MSCXR_CATEGORIES
 from medgrounder.core.template import prompt_suffix
-from medgrounder.data.mscxr.datamodule import (
-    MSCXR_CSV,
-    MSCXRDataModule,
-    ReferDataset,
-    load_mscxr_csv,
-    official_split,
-    patient_of,
-    split_by_patient,
-)
+from medgrounder.data.mscxr.datamodule import MSCXRDataModule, ReferDataset
+from medgrounder.data.mscxr.layout import MSCXR_CSV, MSCXR_HEADER, patient_of
+from medgrounder.data.mscxr.records import load_mscxr_csv, official_split, split_by_patient
+from medgrounder.data.mscxr.synth import synth_mscxr
+from medgrounder.data.synthetic import location_words
 from medgrounder.data.views import (
     CropSettings,
     View,
@@ -37,7 +33,6 @@ from medgrounder.data.views import (
 )
 from medgrounder.eval.metrics import mscxr_mean_box_baseline, mscxr_refer_metrics
 from medgrounder.eval.parse import parse_refer
-from medgrounder.synth import MSCXR_HEADER, location_words, synth_mscxr
 from medgrounder.tasks.refer import REFER_INSTRUCTIONS, refer_answer, refer_instruction
 
 PATH_RE = re.compile(r"^files/p(\d{2})/p(\d{8})/s(\d{8})/([0-9a-f]{8}(?:-[0-9a-f]{8}){4})\.jpg$")
@@ -106,11 +101,11 @@ def test_synth_mscxr_phrases_name_what_is_drawn_and_where(mscxr_root):
 def test_synth_mscxr_findings_are_visible_patterns(mscxr_root):
     """Each box holds its category's pattern: the pixels inside differ from the same region of
     a picture of the same image without findings, and nothing changes outside them."""
-    from medgrounder.synth import _chest_pixels, _ChestPlan, _plan_chests
+    from medgrounder.data.synthetic import ChestPlan, chest_pixels, plan_chests
 
-    plan = _plan_chests(np.random.default_rng(0), 1, 200, 200, (0.0, 1.0))[0]
-    with_finding = _chest_pixels(plan, seed=1, salt="t").astype(float)
-    without = _chest_pixels(_ChestPlan(plan.index, plan.width, plan.height, ()), seed=1, salt="t").astype(float)
+    plan = plan_chests(np.random.default_rng(0), 1, 200, 200, (0.0, 1.0))[0]
+    with_finding = chest_pixels(plan, seed=1, salt="t").astype(float)
+    without = chest_pixels(ChestPlan(plan.index, plan.width, plan.height, ()), seed=1, salt="t").astype(float)
     ((_, boxes),) = plan.findings
     diff = np.abs(with_finding - without)
     for box in boxes:

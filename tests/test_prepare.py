@@ -23,15 +23,15 @@ from medgrounder.core.boxes import iou, to_grid
 from medgrounder.core.labels import KAGGLE_CLASSES, LOCAL_LABELS
 from medgrounder.data.vindr.datamodule import VinDrDataModule
 from medgrounder.data.vindr.dicom import load_dicom_uint8, reduce_factors
-from medgrounder.data.vindr.records import load_vindr_kaggle, load_vindr_physionet
-from medgrounder.prepare import (
+from medgrounder.data.vindr.prepared import (
     load_cache_image,
-    main,
     prepare_vindr,
     read_prepared,
     resize_square,
 )
-from medgrounder.synth import synth_vindr
+from medgrounder.data.vindr.records import load_vindr_kaggle, load_vindr_physionet
+from medgrounder.data.vindr.synth import synth_vindr
+from medgrounder.prepare import main
 from medgrounder.utils.preflight import MissingInputError, check_inputs
 
 SIZE = 48
@@ -438,7 +438,7 @@ def test_label_rules_physionet_global_union(tmp_path):
 LABEL_SCRIPT = """
 import sys
 from medgrounder.data.vindr.records import load_vindr
-from medgrounder.prepare import annotations_text
+from medgrounder.data.vindr.prepared import annotations_text
 root, layout = sys.argv[1], sys.argv[2]
 splits = ("train",) if layout == "kaggle" else ("train", "test")
 records = [r for s in splits for r in load_vindr(root, s, layout)[0]]

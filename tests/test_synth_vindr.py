@@ -7,9 +7,11 @@ import pydicom
 import pytest
 
 from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
+from medgrounder.data.synthetic import APPEARANCE, SHAPE_FAMILY
 from medgrounder.data.vindr.dicom import load_dicom_uint8
 from medgrounder.data.vindr.records import load_vindr_physionet
-from medgrounder.synth import APPEARANCE, SHAPE_FAMILY, global_labels_from_local, main, synth_vindr
+from medgrounder.data.vindr.synth import global_labels_from_local, synth_vindr
+from medgrounder.synth import main
 
 N, SEED = 24, 3
 
@@ -247,3 +249,18 @@ def test_datamodule_writes_its_synthetic_set_whole_and_once(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
     dm.prepare_data()  # already there: not written again
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamps
+
+
+def test_an_interrupted_writer_leaves_no_folder_at_the_root(tmp_path):
+    from medgrounder.core.io import write_complete
+
+    def half_then_fail(folder, n):
+        (folder / "train").mkdir(parents=True)
+        raise RuntimeError(f"killed after {n} images")
+
+    root = tmp_path / "data" / "vindr"
+    with pytest.raises(RuntimeError, match="killed"):
+        write_complete(root, half_then_fail, n=3)
+    assert not root.exists() and (tmp_path / "data" / "vindr.partial" / "train").is_dir()
+    assert write_complete(root, synth_vindr, n=2, seed=0, min_side=32, max_side=48) == root
+    assert not (tmp_path / "data" / "vindr.partial").exists() and (root / "annotations").is_dir()

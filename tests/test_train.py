@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from helpers import compose_train, tiny_run_overrides
 from medgrounder.train import run
-from medgrounder.utils.preflight import MissingInputError
+from medgrounder.utils.preflight import MissingInputError, check_inputs
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf/experiment").glob("*.yaml"))
 
@@ -41,6 +41,17 @@ def test_real_experiment_without_data_stops_at_start(tmp_path, monkeypatch):
     assert "physionet.org/content/vindr-cxr" in msg
     assert "meta-llama/Llama-2-7b-chat-hf" in msg and "hf download" in msg
     assert "microsoft/BiomedCLIP" in msg and "flaviagiammarino/pubmed-clip-vit-base-patch32" in msg
+
+
+def test_pfmvg_without_data_names_the_layout_files(tmp_path):
+    """The csv names come from the dataset layouts when the config leaves them to the defaults."""
+    cfg = compose_train(["+experiment=pfmvg", f"paths.data_dir={tmp_path}/nowhere", f"paths.output_dir={tmp_path}/out"])
+    with pytest.raises(MissingInputError) as err:
+        check_inputs(cfg)
+    msg = str(err.value)
+    assert f"{tmp_path}/nowhere/ms-cxr lacks MS_CXR_Local_Alignment_v1.1.0.csv" in msg
+    assert f"{tmp_path}/nowhere/mimic-cxr-jpg/mimic-cxr-2.0.0-split.csv does not exist" in msg
+    assert f"{tmp_path}/nowhere/roco-dataset/data does not exist" in msg
 
 
 def test_both_stages_fast_dev_run(synth_vindr_root, tmp_path):

@@ -8,14 +8,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-VINDR_FILES = (
-    "annotations/annotations_train.csv",
-    "annotations/annotations_test.csv",
-    "annotations/image_labels_train.csv",
-    "annotations/image_labels_test.csv",
-    "train",
-    "test",
-)
+from medgrounder.data.captions.layout import MIMIC_SPLIT_CSV
+from medgrounder.data.mscxr.layout import MSCXR_CSV
+from medgrounder.data.vindr.layout import PHYSIONET_FILES
+from medgrounder.data.vindr.prepared import is_prepared
+
 SOURCES = {
     "vindr": "VinDr-CXR 1.0.0 from https://physionet.org/content/vindr-cxr/1.0.0/ "
     "(credentialed access); set paths.vindr_root=DIR or VINDR_ROOT",
@@ -106,7 +103,7 @@ def _check_sources(sources: DictConfig) -> list[str]:
     for name, src in sources.items():
         target = str(src.get("_target_", ""))
         kind = "roco" if target.endswith("RocoCaptions") else "clef2022" if "CLEF" in target else "mimic"
-        marker = Path(src.root) / ("data" if kind == "roco" else src.get("split_csv") or "")
+        marker = Path(src.root) / {"roco": "data", "clef2022": "", "mimic": src.get("split_csv") or MIMIC_SPLIT_CSV}[kind]
         if not marker.exists() and not marker.with_name(marker.name + ".gz").is_file():
             problems.append(f"data caption source {name}: {marker.resolve()} does not exist. Get {SOURCES[kind]}.")
     return problems
@@ -123,17 +120,17 @@ def _check_data(data: DictConfig) -> list[str]:
     root = Path(data.root)
     problems = []
     if dataset == "mscxr":
-        csv_path = root / data.get("csv_name", "")
-        if not csv_path.is_file():
-            problems.append(f"data.root={root.resolve()} lacks {data.get('csv_name')}. Get {SOURCES['mscxr']}.")
+        csv_name = data.get("csv_name") or MSCXR_CSV
+        if not (root / csv_name).is_file():
+            problems.append(f"data.root={root.resolve()} lacks {csv_name}. Get {SOURCES['mscxr']}.")
         image_root = Path(data.get("image_root") or root)
         if not (image_root / "files").is_dir():
             problems.append(f"MS-CXR images: {(image_root / 'files').resolve()} does not exist. Get {SOURCES['mscxr']}.")
         return problems
     if dataset == "vindr":
         # A prepared dir (`python -m medgrounder.prepare vindr`) replaces the raw layout.
-        if not (root / "annotations.jsonl").is_file():
-            missing = [f for f in VINDR_FILES if not (root / f).exists()]
+        if not is_prepared(root):
+            missing = [f for f in PHYSIONET_FILES if not (root / f).exists()]
             if missing:
                 problems.append(
                     f"data.root={root.resolve()} lacks {', '.join(missing)} (or the annotations.jsonl "

@@ -1,16 +1,5 @@
-"""MS-CXR phrase grounding (PFMVG stage 2): the local alignment csv -> ``[refer]`` samples.
-
-Layout (design section 5)::
-
-    <root>/MS_CXR_Local_Alignment_v1.1.0.csv   dicom_id, category_name, label_text, x, y, w, h,
-                                              image_width, image_height, path, split
-    <image_root>/files/pXX/pXXXXXXXX/sYYYYYYYY/<dicom_id>.jpg   (MIMIC-CXR-JPG)
-
-One csv row is one box (``x, y, w, h`` in original pixels); rows sharing an image and a phrase are
-one sample with several boxes. The patient is the ``pXXXXXXXX`` folder of ``path``.
-
-Splits: ``random`` (PFMVG section 3.1: patients shuffled with ``seed`` and split 7:1:2, so no
-patient is in two splits) or ``official`` (the csv's ``split`` column).
+"""MS-CXR phrase grounding (PFMVG stage 2): samples of :mod:`medgrounder.data.mscxr.records`
+-> ``[refer]`` batches.
 
 Training views are random crops (:mod:`medgrounder.data.views`; PFMVG trains on random 448
 crops): boxes move with the image, a box cut by the crop is clipped, a box cropped away is
@@ -26,12 +15,9 @@ width and height, so they survive the resize.
 
 from __future__ import annotations
 
-import csv
 import logging
-import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -43,6 +29,14 @@ from tqdm.auto import tqdm
 from medgrounder.core.boxes import Box
 from medgrounder.core.labels import MSCXR_CATEGORIES
 from medgrounder.data.collate import PromptCollator
+from medgrounder.data.mscxr.layout import MSCXR_CSV
+from medgrounder.data.mscxr.records import (
+    SPLITS,
+    MSCXRSample,
+    load_mscxr_csv,
+    official_split,
+    split_by_patient,
+)
 from medgrounder.data.views import (
     CropSettings,
     EpochSampler,
@@ -59,139 +53,6 @@ from medgrounder.tasks import Target, get_task
 
 log = logging.getLogger(__name__)
 REFER = get_task("refer")
-
-MSCXR_CSV = "MS_CXR_Local_Alignment_v1.1.0.csv"
-REQUIRED_COLUMNS = ("dicom_id", "category_name", "label_text", "x", "y", "w", "h", "image_width",
-                    "image_height", "path")
-SPLITS = ("train", "val", "test")
-OFFICIAL_SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validate": "val",
-                        "validation": "val", "test": "test"}
-_PATIENT_RE = re.compile(r"(?:^|/)p\d{2}/p(\d+)/s(\d+)/[^/]+$")
-
-
-@dataclass
-class MSCXRSample:
-    """One image and phrase: every box the phrase grounds, in original pixels."""
-
-    sample_id: str  # "<dicom_id>:<k>", k counting the image's phrases in csv order
-    dicom_id: str
-    subject_id: str
-    study_id: str
-    path: str  # relative to the image root (MIMIC-CXR-JPG)
-    category: str
-    label_text: str
-    width: int
-    height: int
-    boxes: list[Box] = field(default_factory=list)
-    official_split: str | None = None
-    lines: list[int] = field(default_factory=list)  # csv line numbers (for error messages)
-
-
-def patient_of(path: str) -> tuple[str, str]:
-    """``files/p10/p10000032/s50414267/x.jpg`` -> ``("10000032", "50414267")`` (subject, study)."""
-    m = _PATIENT_RE.search(path.replace("\\", "/"))
-    if not m:
-        raise ValueError(f"path {path!r} is not a MIMIC-CXR-JPG path files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.jpg")
-    return m.group(1), m.group(2)
-
-
-def _number(row: dict, key: str, where: str, cast=float) -> float:
-    raw = row.get(key)
-    try:
-        return cast(float(raw)) if cast is int else cast(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: column {key!r} must be a number, got {raw!r}") from None
-
-
-def load_mscxr_csv(path: str | Path) -> list[MSCXRSample]:
-    """Read the MS-CXR csv into samples (rows grouped by image and phrase, in csv order).
-
-    Boxes are clipped to the image. Errors name the file, the line and the column: a missing
-    column, a non-numeric or non-positive size, an empty phrase or category, a path without a
-    patient, a box outside the image, or rows of one sample that disagree on category, size,
-    path or split."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MS-CXR csv {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (header: {', '.join(header)})")
-        groups: dict[tuple[str, str], MSCXRSample] = {}
-        per_image: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}:{line}"
-            dicom = (row["dicom_id"] or "").strip()
-            text = " ".join((row["label_text"] or "").split())
-            category = (row["category_name"] or "").strip()
-            for key, value in (("dicom_id", dicom), ("label_text", text), ("category_name", category)):
-                if not value:
-                    raise ValueError(f"{where}: empty {key!r}")
-            x, y, w, h = (_number(row, k, where) for k in ("x", "y", "w", "h"))
-            width, height = (_number(row, k, where, int) for k in ("image_width", "image_height"))
-            if w <= 0 or h <= 0 or width <= 0 or height <= 0:
-                raise ValueError(f"{where}: box size {w} x {h} and image size {width} x {height} must be positive")
-            box = (max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height)))
-            if box[2] <= box[0] or box[3] <= box[1]:
-                raise ValueError(f"{where}: box x={x}, y={y}, w={w}, h={h} lies outside the {width} x {height} image")
-            rel = (row["path"] or "").strip()
-            try:
-                subject, study = patient_of(rel)
-            except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
-            split = (row.get("split") or "").strip() or None
-            key = (dicom, text)
-            sample = groups.get(key)
-            if sample is None:
-                k = per_image.get(dicom, 0)
-                per_image[dicom] = k + 1
-                sample = groups[key] = MSCXRSample(f"{dicom}:{k}", dicom, subject, study, rel, category, text,
-                                                   width, height, official_split=split)
-            else:
-                mine = (sample.category, sample.width, sample.height, sample.path, sample.official_split)
-                theirs = (category, width, height, rel, split)
-                if mine != theirs:
-                    raise ValueError(f"{where}: rows of image {dicom} and phrase {text!r} disagree on "
-                                     f"(category, width, height, path, split): {theirs} here, {mine} on line "
-                                     f"{sample.lines[0]}")
-            sample.boxes.append(box)
-            sample.lines.append(line)
-    for sample in groups.values():
-        sample.boxes.sort()
-    return list(groups.values())
-
-
-def split_by_patient(samples: Sequence[MSCXRSample], ratios: Sequence[float] = (7, 1, 2),
-                     seed: int = 0) -> dict[str, list[MSCXRSample]]:
-    """PFMVG's random split: the patients (sorted, then shuffled with ``seed``) are cut
-    ``ratios`` (train : val : test) by patient count, so no patient is in two splits. Samples
-    keep their csv order within a split."""
-    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
-        raise ValueError(f"split ratios must be three non-negative numbers (train, val, test), got {list(ratios)}")
-    patients = sorted({s.subject_id for s in samples})
-    order = np.random.default_rng(seed).permutation(len(patients))
-    total = float(sum(ratios))
-    n_train = round(len(patients) * ratios[0] / total)
-    n_val = round(len(patients) * ratios[1] / total)
-    which = {}
-    for rank, i in enumerate(order):
-        which[patients[i]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
-    return {split: [s for s in samples if which[s.subject_id] == split] for split in SPLITS}
-
-
-def official_split(samples: Sequence[MSCXRSample]) -> dict[str, list[MSCXRSample]]:
-    """The csv's ``split`` column (train / val / test; ``validate``, ``valid`` and ``validation``
-    read as val)."""
-    out: dict[str, list[MSCXRSample]] = {s: [] for s in SPLITS}
-    for s in samples:
-        name = OFFICIAL_SPLIT_NAMES.get((s.official_split or "").lower())
-        if name is None:
-            raise ValueError(f"sample {s.sample_id} (csv line {s.lines[0]}): split {s.official_split!r} is not one of "
-                             f"{sorted(OFFICIAL_SPLIT_NAMES)}; use split=random for PFMVG's 7:1:2 patient split")
-        out[name].append(s)
-    return out
 
 
 class ReferDataset(Dataset):
@@ -266,7 +127,7 @@ class MSCXRDataModule(L.LightningDataModule):
     ``root``: the folder of the csv; ``image_root``: MIMIC-CXR-JPG's root (holding ``files/``),
     default ``root``; ``split``: ``random`` (``split_ratios``, ``seed``) or ``official``;
     ``crop``: :class:`CropSettings` fields for training views, ``null`` for whole images;
-    ``synth``: :func:`medgrounder.synth.synth_mscxr` arguments, to write a synthetic set at
+    ``synth``: :func:`medgrounder.data.mscxr.synth.synth_mscxr` arguments, to write a synthetic set at
     ``root`` on first use.
     """
 
@@ -331,7 +192,8 @@ class MSCXRDataModule(L.LightningDataModule):
         root = Path(self.root)
         if not self.synth or self.csv_path.is_file():
             return
-        from medgrounder.synth import synth_mscxr, write_complete
+        from medgrounder.core.io import write_complete
+        from medgrounder.data.mscxr.synth import synth_mscxr
 
         write_complete(root, synth_mscxr, **self.synth)
 

@@ -44,8 +44,8 @@ from medgrounder.core.labels import NO_FINDING
 from medgrounder.data.collate import PromptCollator
 from medgrounder.data.sampler import StreamSampler
 from medgrounder.data.vindr.dicom import load_dicom_uint8
+from medgrounder.data.vindr.prepared import is_prepared, read_prepared, resize_square
 from medgrounder.data.vindr.records import VinDrRecord, load_vindr_physionet
-from medgrounder.prepare import is_prepared, read_prepared, resize_square
 from medgrounder.tasks.identify import identify_answer
 from medgrounder.tasks.vqa import vqa_answer
 
@@ -164,7 +164,8 @@ class VinDrDataModule(L.LightningDataModule):
         root = Path(self.root)
         if not self.synth or (root / "annotations" / "annotations_test.csv").exists():
             return
-        from medgrounder.synth import synth_vindr, write_complete
+        from medgrounder.core.io import write_complete
+        from medgrounder.data.vindr.synth import synth_vindr
 
         write_complete(root, synth_vindr, **{"workers": self.decode_workers, **self.synth})
 

@@ -1,15 +1,9 @@
 """VinDr-CXR labels: csv annotations + DICOM headers -> one record per image.
 
-PhysioNet 1.0.0 layout (design section 5)::
-
-    annotations/annotations_{train,test}.csv    image_id,rad_id,class_name,x_min,y_min,x_max,y_max
-    annotations/image_labels_{train,test}.csv   image_id,rad_id,<22 local>,<6 global> (0/1)
-    {train,test}/<image_id>.dicom
-
-Kaggle VinBigData layout: ``train.csv`` (``image_id,class_name,class_id,rad_id,x_min,y_min,
-x_max,y_max``; the 14 classes of :data:`~medgrounder.core.labels.KAGGLE_CLASSES` and "No
-finding" = 14 with empty boxes) and ``train/<image_id>.dicom``. Kaggle has no global labels
-(records get ``global_labels == []``) and no labelled test split.
+The files are those of :mod:`medgrounder.data.vindr.layout` (PhysioNet 1.0.0 or Kaggle
+VinBigData). Kaggle's ``train.csv`` has the 14 classes of
+:data:`~medgrounder.core.labels.KAGGLE_CLASSES` and "No finding" = 14 with empty boxes, no global
+labels (records get ``global_labels == []``) and no labelled test split.
 
 Label building is split in two so ``prepare`` can take image sizes from its decoding workers:
 :func:`parse_physionet` / :func:`parse_kaggle` read the csv files into per-image
@@ -39,12 +33,17 @@ from medgrounder.core.labels import (
     canonical_global,
 )
 from medgrounder.data.vindr.dicom import DicomReadError, read_dicom_size
-
-SPLITS = ("train", "test")
-LAYOUTS = ("physionet", "kaggle")
-BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
-ANNOTATION_COLUMNS = ("image_id", "rad_id", "class_name", *BOX_COLUMNS)
-KAGGLE_COLUMNS = ("image_id", "class_name", "class_id", "rad_id", *BOX_COLUMNS)
+from medgrounder.data.vindr.layout import (
+    ANNOTATION_COLUMNS,
+    BOX_COLUMNS,
+    KAGGLE_COLUMNS,
+    KAGGLE_CSV,
+    LAYOUTS,
+    SPLITS,
+    annotations_csv,
+    dicom_path,
+    image_labels_csv,
+)
 
 
 @dataclass
@@ -162,8 +161,8 @@ def parse_physionet(root: str | PathLike, split: str) -> Labels:
     """Read ``annotations_{split}.csv`` and ``image_labels_{split}.csv`` (PhysioNet 1.0.0)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    ann_path = Path(root) / "annotations" / f"annotations_{split}.csv"
-    lab_path = Path(root) / "annotations" / f"image_labels_{split}.csv"
+    ann_path = Path(root) / annotations_csv(split)
+    lab_path = Path(root) / image_labels_csv(split)
     readings: dict[str, Readings] = {}
     _add_box_rows(readings, ann_path, _read_csv(ann_path, ANNOTATION_COLUMNS)[1], kaggle=False)
 
@@ -179,7 +178,7 @@ def parse_physionet(root: str | PathLike, split: str) -> Labels:
 
 def parse_kaggle(root: str | PathLike) -> Labels:
     """Read the Kaggle VinBigData ``train.csv`` (the only labelled split)."""
-    path = Path(root) / "train.csv"
+    path = Path(root) / KAGGLE_CSV
     readings: dict[str, Readings] = {}
     _add_box_rows(readings, path, _read_csv(path, KAGGLE_COLUMNS)[1], kaggle=True)
     return Labels("train", readings, has_global=False)
@@ -243,11 +242,6 @@ def build_records(labels: Labels, sizes: Mapping[str, tuple[int, int]], paths: M
         records.append(VinDrRecord(iid, labels.split, paths[iid], width, height, findings, global_labels))
     report["images"] = len(records)
     return records, report
-
-
-def dicom_path(root: str | PathLike, split: str, image_id: str) -> Path:
-    """``<root>/<split>/<image_id>.dicom`` (both layouts)."""
-    return Path(root) / split / f"{image_id}.dicom"
 
 
 def read_sizes(root: str | PathLike, split: str, image_ids: list[str]

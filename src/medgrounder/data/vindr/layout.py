@@ -1,0 +1,51 @@
+"""VinDr-CXR on disk, written down once for the reader, ``prepare``, the synthetic writer and the
+start-up checks.
+
+PhysioNet 1.0.0 layout (design section 5)::
+
+    annotations/annotations_{train,test}.csv    image_id,rad_id,class_name,x_min,y_min,x_max,y_max
+    annotations/image_labels_{train,test}.csv   image_id,rad_id,<22 local>,<6 global> (0/1)
+    {train,test}/<image_id>.dicom
+
+Kaggle VinBigData layout: ``train.csv`` (``image_id,class_name,class_id,rad_id,x_min,y_min,
+x_max,y_max``) and ``{train,test}/<image_id>.dicom``, the test images unlabelled.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
+from medgrounder.core.labels import GLOBAL_LABELS
+
+SPLITS = ("train", "test")
+LAYOUTS = ("physionet", "kaggle")
+BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
+ANNOTATION_COLUMNS = ("image_id", "rad_id", "class_name", *BOX_COLUMNS)
+KAGGLE_COLUMNS = ("image_id", "class_name", "class_id", "rad_id", *BOX_COLUMNS)
+#: The official spellings of the 6 global columns of ``image_labels_<split>.csv`` (the reader
+#: accepts either through :func:`~medgrounder.core.labels.canonical_global`).
+GLOBAL_COLUMNS = {
+    "train": ("COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding"),
+    "test": GLOBAL_LABELS,
+}
+KAGGLE_CSV = "train.csv"
+
+
+def annotations_csv(split: str) -> str:
+    """The box csv of ``split``, relative to the root (PhysioNet)."""
+    return f"annotations/annotations_{split}.csv"
+
+
+def image_labels_csv(split: str) -> str:
+    """The image-level label csv of ``split``, relative to the root (PhysioNet)."""
+    return f"annotations/image_labels_{split}.csv"
+
+
+#: What a PhysioNet root holds, in the order the start-up check lists what is missing.
+PHYSIONET_FILES = (*map(annotations_csv, SPLITS), *map(image_labels_csv, SPLITS), *SPLITS)
+
+
+def dicom_path(root: str | PathLike, split: str, image_id: str) -> Path:
+    """``<root>/<split>/<image_id>.dicom`` (both layouts)."""
+    return Path(root) / split / f"{image_id}.dicom"
