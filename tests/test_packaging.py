@@ -90,3 +90,20 @@ def test_an_installed_wheel_composes_every_experiment_from_any_directory(wheel, 
 def test_the_editable_install_finds_the_configs_from_any_directory(tmp_path):
     job = _run([sys.executable, "-m", "medgrounder.train", "--cfg", "job", "+experiment=litegpt_dual"], cwd=tmp_path)
     assert "task_name: litegpt_dual" in job
+
+
+def test_every_entry_point_has_its_console_script(wheel):
+    import configparser
+    import importlib
+
+    entry = ("train", "evaluate", "predict", "score", "prepare", "synth", "summary", "tables")
+    text = next(zipfile.ZipFile(wheel).read(n).decode() for n in zipfile.ZipFile(wheel).namelist()
+                if n.endswith("entry_points.txt"))
+    parser = configparser.ConfigParser()
+    parser.read_string(text)
+    scripts = dict(parser["console_scripts"])
+    assert set(scripts) == {f"medgrounder-{m}" for m in entry}
+    for name, target in scripts.items():
+        module, attr = target.split(":")
+        assert module == f"medgrounder.{name.removeprefix('medgrounder-')}" and callable(
+            getattr(importlib.import_module(module), attr)), target

@@ -132,5 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-if __name__ == "__main__":
+
+def cli() -> None:
+    """The console script (``medgrounder-summary``): :func:`main`, exit status 0 (the console-script
+    wrapper would turn the returned summary into status 1)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()
