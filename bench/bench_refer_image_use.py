@@ -17,8 +17,9 @@ import os
 
 import torch
 
-from medgrounder.eval.metrics import MSCXR_CATEGORIES, mscxr_refer_metrics
-from medgrounder.evaluate import load_checkpoint_module
+from medgrounder.core.labels import MSCXR_CATEGORIES
+from medgrounder.pipeline.checkpoints import load_checkpoint_module
+from medgrounder.tasks.refer import mscxr_refer_metrics
 
 
 @torch.no_grad()
@@ -38,8 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     module, _, _, data = load_checkpoint_module(args.ckpt)
-    dm = data()
-    dm = dm.for_task("refer") if hasattr(dm, "for_task") else dm
+    dm = data().for_task("refer")
     results = {name: mscxr_refer_metrics(answers(module, dm.test_dataloader("refer"), roll))
                for name, roll in (("true images", False), ("rolled images", True))}
     cats = [c for c in MSCXR_CATEGORIES if f"iou/{c}" in results["true images"]]

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +21,6 @@ from PIL import Image
 from helpers import compose_train, tiny_run_overrides
 from medgrounder.core.boxes import to_grid
 from medgrounder.tasks.identify import identify_answer
-from medgrounder.tasks.vqa import vqa_answer
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +44,7 @@ def _init(rank: int, world: int, port: int) -> None:
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
 
 
-# ------------------------------------------------------------------ torchmetrics wrappers
+# ------------------------------------------------------------------ the cross-rank gather
 def _rows() -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
@@ -55,71 +53,63 @@ def _rows() -> list[dict]:
         gt = [("Cardiomegaly", (20.0, 10.0, 120.0, 60.0))] if i % 3 else []
         grid = [("Cardiomegaly", tuple(int(v) for v in np.clip(to_grid(b, w, h) + rng.integers(-8, 8, 4), 0, 100)))
                 for _, b in gt]
-        rows.append({"id": f"s{i}", "image_width": w, "image_height": h, "task": "identify",
+        rows.append({"id": f"s{i}", "image_id": f"img{i}", "image_width": w, "image_height": h, "task": "identify",
                      "gt_boxes": [[n, *b] for n, b in gt], "reference": identify_answer([(n, to_grid(b, w, h)) for n, b in gt]),
-                     "prediction": identify_answer(grid) if i % 4 else "garbage",
-                     "category": ["Edema", "Pneumonia"][i % 2],
-                     "vqa_reference": vqa_answer(["Pneumonia"] if i % 2 else []),
-                     "vqa_prediction": vqa_answer(["Pneumonia"] if i % 3 else ["COPD"])})
+                     "prediction": identify_answer(grid) if i % 4 else "garbage"})
     return rows
 
 
-def _metric_worker(rank: int, world: int, port: int, out: str) -> None:
-    from medgrounder.eval.metric_modules import IdentifyMetric, ReferMetric, TextMetric, VqaMetric
+class _Replay:
+    """A stand-in model whose answer to image ``i`` is row ``i``'s prediction."""
+
+    training = False
+    device = torch.device("cpu")
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def generate(self, images, prompt_ids, prompt_mask):
+        return [_rows()[int(i)]["prediction"] for i in images[:, 0]]
+
+
+def _collate(items: list[dict]) -> dict:
+    return {"images": torch.stack([it["image"] for it in items]), "prompt_ids": torch.zeros(len(items), 1),
+            "prompt_mask": torch.ones(len(items), 1), "meta": [it["meta"] for it in items]}
+
+
+def _replay_loader():
+    items = [{"image": torch.tensor([i]), "meta": {k: v for k, v in r.items() if k != "prediction"}}
+             for i, r in enumerate(_rows())]
+    return torch.utils.data.DataLoader(items, batch_size=2, collate_fn=_collate)
+
+
+def _generate_worker(rank: int, world: int, port: int, out: str) -> None:
+    from medgrounder.pipeline.generation import generate_rows
+    from medgrounder.tasks import get_task
 
     _init(rank, world, port)
-    rows = _rows()
-    shard = rows[rank::world]
-    if rank == world - 1:
-        shard = [*shard, rows[0]]  # a DistributedSampler pads with repeated samples
-    metrics = {"identify": IdentifyMetric(), "refer": ReferMetric(), "text": TextMetric(meteor_backend=None),
-               "vqa": VqaMetric()}
-    for name, m in metrics.items():
-        if name == "vqa":
-            m.update([r["vqa_prediction"] for r in shard], [{**r, "reference": r["vqa_reference"]} for r in shard])
-        else:
-            for k in range(0, len(shard), 2):  # several updates per rank
-                m.update(shard[k : k + 2])
-    result = {name: m.compute() for name, m in metrics.items()}
+    rows = generate_rows(_Replay(), _replay_loader())  # 11 samples: the last shard is padded
+    result = {"rows": rows, "metrics": get_task("identify").score(rows, plus_one=True, meteor=None)}
     Path(out, f"rank{rank}.json").write_text(json.dumps(result, sort_keys=True))
     torch.distributed.destroy_process_group()
 
 
-def test_metric_modules_ddp_equal_plain_functions(tmp_path):
-    from medgrounder.eval.metric_modules import unique_rows
-    from medgrounder.eval.metrics import (
-        mscxr_refer_metrics,
-        vindr_identify_metrics,
-        vindr_vqa_metrics,
-    )
-    from medgrounder.eval.text_metrics import text_metrics
+def test_generate_rows_gathers_each_sample_once_in_order(tmp_path):
+    from medgrounder.pipeline.generation import generate_rows
+    from medgrounder.tasks import get_task
 
-    mp.spawn(_metric_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    rows = unique_rows(_rows())
-    expected = {
-        "identify": vindr_identify_metrics(rows),
-        "refer": mscxr_refer_metrics(rows),
-        "text": text_metrics([r["prediction"] for r in rows], [r["reference"] for r in rows], meteor_backend=None),
-        "vqa": vindr_vqa_metrics([{**r, "reference": r["vqa_reference"], "prediction": r["vqa_prediction"]} for r in rows]),
-    }
-    expected = json.loads(json.dumps(expected, sort_keys=True))
+    single = generate_rows(_Replay(), _replay_loader())
+    prompt = get_task("identify").prompt()
+    assert single == [{**r, "prompt": prompt} for r in _rows()]
+    mp.spawn(_generate_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    expected = json.loads(json.dumps({"rows": single, "metrics": get_task("identify").score(
+        single, plus_one=True, meteor=None)}, sort_keys=True))
     for rank in range(2):
-        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert got == expected, rank
-    assert expected["identify"]["num_samples"] == 11 and 0 < expected["identify"]["valid_rate"] < 1
-
-
-def test_metric_module_single_process_and_reset():
-    from medgrounder.eval.metric_modules import IdentifyMetric
-    from medgrounder.eval.metrics import vindr_identify_metrics
-
-    m = IdentifyMetric(plus_one=True)
-    rows = _rows()
-    m.update(rows)
-    m.update(rows[:3])  # repeated ids count once
-    assert m.compute() == vindr_identify_metrics(sorted(rows, key=lambda r: r["id"]), plus_one=True)
-    m.reset()
-    assert m.rows() == []
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected, rank
+    assert expected["metrics"]["num_samples"] == 11 and 0 < expected["metrics"]["valid_rate"] < 1
 
 
 # ------------------------------------------------------------------ distributed evaluation
@@ -200,11 +190,12 @@ def test_predict_command_line(tiny_run, synth_vindr_root, tmp_path):
     assert (out / "overlay.png").is_file()
 
 
-# ---------------------------------------------------------------- box figure, prepared data
+# ---------------------------------------------------------------- box figures
 def test_box_figure_falls_back_to_the_cached_image(synth_vindr_root, tmp_path):
     from medgrounder.data.vindr.datamodule import VinDrDataModule
     from medgrounder.data.vindr.prepared import prepare_vindr
-    from medgrounder.evaluate import box_figure
+    from medgrounder.pipeline.figures import draw_panels
+    from medgrounder.tasks import get_task
 
     prepare_vindr(synth_vindr_root, tmp_path / "prep", size=64, workers=1)
     dm = VinDrDataModule(str(tmp_path / "prep"), decode_workers=1, image_size=64)
@@ -213,9 +204,10 @@ def test_box_figure_falls_back_to_the_cached_image(synth_vindr_root, tmp_path):
     assert Path(rec.image).is_file()
     gone = replace(rec, path=str(tmp_path / "moved" / "x.dicom"))
     name, box = rec.findings[0]
-    row = {"image_id": rec.image_id, "gt_boxes": [[name, *box]],
+    row = {"image_id": rec.image_id, "gt_boxes": [[name, *box]], "image_width": rec.width, "image_height": rec.height,
            "prediction": identify_answer([(name, to_grid(box, rec.width, rec.height))])}
-    panels = box_figure([row], SimpleNamespace(records={"test": [gone]}, windowing=dm.windowing), 1)
+    dm.records["test"] = [gone]
+    panels = draw_panels([row], get_task("identify"), dm, 1)
     assert panels and panels[0].size == (64, 64)  # the cache image, not the original size
     px = np.asarray(panels[0]).astype(int)
     red = (px[..., 0] > 180) & (px[..., 1] < 80) & (px[..., 2] < 80)
@@ -225,5 +217,37 @@ def test_box_figure_falls_back_to_the_cached_image(synth_vindr_root, tmp_path):
         r, c = min(round(y), 63), min(round(x), 63)
         assert red[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].any(), (x, y)
     # With the DICOM present, the original resolution is drawn.
-    full = box_figure([row], SimpleNamespace(records={"test": [rec]}, windowing=dm.windowing), 1)
+    dm.records["test"] = [rec]
+    full = draw_panels([row], get_task("identify"), dm, 1)
     assert full[0].size == (rec.width, rec.height)
+
+
+class _Pictures:
+    """A datamodule's ``picture``: a black 50 x 100 picture of a 100 x 200 original (factor 1/2)."""
+
+    def __init__(self):
+        self.asked: list[str] = []
+
+    def picture(self, image_id: str):
+        self.asked.append(image_id)
+        return np.zeros((50, 100), np.uint8), 0.5, 0.5
+
+
+def test_refer_panels_show_the_phrase_boxes_on_the_picture():
+    from medgrounder.pipeline.figures import draw_panels
+    from medgrounder.tasks import get_task
+
+    rows = [{"image_id": f"img{i}", "image_width": 200, "image_height": 100, "category": "Edema",
+             "label_text": f"phrase {i}", "gt_boxes": [[20, 10, 60, 50]], "prediction": "{<50><20><90><80>}"}
+            for i in range(3)]
+    data = _Pictures()
+    panels = draw_panels(rows, get_task("refer"), data, 2)
+    assert data.asked == ["img0", "img1"] and [p.size for p in panels] == [(100, 50), (100, 50)]
+    px = np.asarray(panels[0]).astype(int)
+    red = (px[..., 0] > 180) & (px[..., 1] < 80) & (px[..., 2] < 80)
+    green = (px[..., 1] > 150) & (px[..., 0] < 80)
+    # prediction: grid (50, 20)-(90, 80) -> pixels (100, 20)-(180, 80) -> picture (50, 10)-(90, 40)
+    assert red[10, 50:90].any() and red[40, 50:90].any() and not red[:, :45].any()
+    assert green[5:25, 10].any() and green[25, 10:30].any()  # ground truth (10, 5)-(30, 25)
+    assert draw_panels(rows, get_task("vqa"), data, 2) is None  # vqa draws no figure
+    assert draw_panels([{**rows[0], "gt_boxes": []}], get_task("refer"), data, 2) is None

@@ -179,6 +179,11 @@ def test_pfmvg_experiments_run_end_to_end_at_tiny_scale(name, tmp_path, synth_ro
         assert not _same(ckpt["caption"], initial) and _same(ckpt["refer"], ckpt["caption"])
     elif name == "pfmvg_zero_shot":  # no fine-tuning at all
         assert _same(ckpt["refer"], initial)
+        # Re-running the command reuses the [refer] evaluation and draws its figure again.
+        boxes = (out / "boxes.png").read_bytes()
+        (out / "boxes.png").unlink()
+        assert run(cfg) == metrics
+        assert (out / "boxes.png").read_bytes() == boxes
     else:
         assert not _same(ckpt["refer"], initial)
 

@@ -7,15 +7,10 @@ import pytest
 from sklearn.metrics import classification_report
 
 from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.eval.metrics import (
-    localization_accuracy,
-    mean_box_baseline,
-    multilabel_report,
-    vindr_identify_metrics,
-    vindr_vqa_metrics,
-)
-from medgrounder.tasks.identify import identify_answer
-from medgrounder.tasks.vqa import vqa_answer
+from medgrounder.metrics.classification import multilabel_report
+from medgrounder.metrics.localization import localization_accuracy
+from medgrounder.tasks.identify import identify_answer, mean_box_baseline, vindr_identify_metrics
+from medgrounder.tasks.vqa import vindr_vqa_metrics, vqa_answer
 
 SK_AVG = {
     "micro": "micro avg",

@@ -31,9 +31,14 @@ from medgrounder.data.views import (
     view_grid,
     view_grid_to_pixels,
 )
-from medgrounder.eval.metrics import mscxr_mean_box_baseline, mscxr_refer_metrics
-from medgrounder.eval.parse import parse_refer
-from medgrounder.tasks.refer import REFER_INSTRUCTIONS, refer_answer, refer_instruction
+from medgrounder.tasks.refer import (
+    REFER_INSTRUCTIONS,
+    mscxr_mean_box_baseline,
+    mscxr_refer_metrics,
+    parse_refer,
+    refer_answer,
+    refer_instruction,
+)
 
 PATH_RE = re.compile(r"^files/p(\d{2})/p(\d{8})/s(\d{8})/([0-9a-f]{8}(?:-[0-9a-f]{8}){4})\.jpg$")
 

@@ -5,9 +5,10 @@ import random
 import pytest
 
 from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.eval.parse import Parsed, parse_boxes, parse_identify, parse_refer, parse_vqa
-from medgrounder.tasks.identify import NO_LOCAL_FINDINGS, identify_answer
-from medgrounder.tasks.vqa import vqa_answer
+from medgrounder.tasks.identify import NO_LOCAL_FINDINGS, identify_answer, parse_identify
+from medgrounder.tasks.parse import Parsed, parse_boxes
+from medgrounder.tasks.refer import parse_refer
+from medgrounder.tasks.vqa import parse_vqa, vqa_answer
 
 
 def random_box(rng):

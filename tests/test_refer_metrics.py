@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medgrounder.eval.metrics import (
-    MSCXR_CATEGORIES,
-    box_iou_dice,
-    mscxr_refer_metrics,
-    union_overlap,
-)
+from medgrounder.core.labels import MSCXR_CATEGORIES
+from medgrounder.metrics.overlap import box_iou_dice, union_overlap
+from medgrounder.tasks.refer import mscxr_refer_metrics
 
 
 def raster(boxes, size=64):

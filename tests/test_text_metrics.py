@@ -12,7 +12,7 @@ from pycocoevalcap.cider.cider import Cider
 from rouge_score import rouge_scorer
 
 from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.eval import text_metrics as tm
+from medgrounder.metrics import text as tm
 from medgrounder.tasks.identify import identify_answer
 from medgrounder.tasks.vqa import vqa_answer
 

@@ -2,7 +2,7 @@
 
 One image (DICOM, PNG or JPG) -> the model's greedy answer, its boxes in the image's pixels
 and an overlay PNG. The model is rebuilt from the checkpoint's resolved config and its trainable
-weights are loaded strictly (as :func:`medgrounder.evaluate.evaluate_checkpoint` does). The
+weights are loaded strictly (:func:`medgrounder.pipeline.checkpoints.load_checkpoint_module`). The
 image is prepared as in training: DICOM windowing of the checkpoint's data config, grey 8-bit,
 resized to the encoder's square input. The prompt is the checkpoint stage's task (e.g.
 ``[identify]``), or with a phrase ``[refer]`` and the phrase in the instruction pool's first phrasing.
@@ -24,13 +24,11 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from medgrounder.core.boxes import from_grid
 from medgrounder.data.collate import images_to_float
 from medgrounder.data.vindr.dicom import load_dicom_uint8
-from medgrounder.eval.parse import parse_identify, parse_refer, parse_vqa
-from medgrounder.eval.visualize import draw_boxes
-from medgrounder.evaluate import load_checkpoint_module
-from medgrounder.tasks import Target, get_task
+from medgrounder.metrics.drawing import draw_boxes
+from medgrounder.pipeline.checkpoints import load_checkpoint_module
+from medgrounder.tasks import Target, get_task, phrase_task
 
 log = logging.getLogger("medgrounder.predict")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -45,29 +43,15 @@ def read_image(path: str | Path, windowing: str = "dicom") -> np.ndarray:
     return load_dicom_uint8(path, windowing=windowing)
 
 
-def answer_boxes(answer: str, task: str, width: int, height: int) -> tuple[bool, list[dict]]:
-    """``(valid, [{label, box}])`` of an answer; boxes mapped from the 0-100 grid to pixels."""
-    if task in ("identify", "grounding"):
-        parsed = parse_identify(answer)
-    elif task == "vqa":
-        parsed = parse_vqa(answer)
-    else:
-        parsed = parse_refer(answer)
-    boxes = [{"label": name, "box": [round(v, 2) for v in from_grid(g, width, height)]} for name, g in parsed.findings]
-    return parsed.valid, boxes
-
-
 @torch.no_grad()
 def predict(ckpt_path: str | Path, image: str | Path, out_dir: str | Path, phrase: str | None = None,
             task: str | None = None, max_new_tokens: int | None = None) -> dict:
     """Run the model on one image; writes ``prediction.json`` and ``overlay.png`` into ``out_dir``."""
     module, run_cfg, stage, _ = load_checkpoint_module(ckpt_path)
-    stage_task = run_cfg.stages[stage].task
     module.eval()
-    task = task or ("refer" if phrase else stage_task)
-    spec = get_task(task)
+    spec = get_task(task) if task else phrase_task() if phrase else get_task(run_cfg.stages[stage].task)
     if phrase is None and spec.takes_phrase:
-        raise ValueError(f"task [{task}] needs a phrase")
+        raise ValueError(f"task [{spec.name}] needs a phrase")
     data_cfg = run_cfg.data
     original = read_image(image, data_cfg.get("windowing", "dicom"))
     height, width = original.shape
@@ -80,11 +64,13 @@ def predict(ckpt_path: str | Path, image: str | Path, out_dir: str | Path, phras
     images = images_to_float(torch.from_numpy(resized)[None]).to(module.device)
     answer = module.generate(images, ids.to(module.device), torch.ones_like(ids).to(module.device),
                              max_new_tokens=max_new_tokens)[0]
-    valid, boxes = answer_boxes(answer, task, width, height)
+    row = {"prediction": answer, "image_width": width, "image_height": height}
+    boxes = [{"label": name, "box": [round(v, 2) for v in box]} for name, box in spec.predicted_boxes(row)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"image": str(image), "task": task, "prompt": spec.prompt(instruction),
-              "answer": answer, "valid": valid, "boxes": boxes, "image_width": width, "image_height": height}
+    result = {"image": str(image), "task": spec.name, "prompt": spec.prompt(instruction),
+              "answer": answer, "valid": spec.parse(answer).valid, "boxes": boxes, "image_width": width,
+              "image_height": height}
     (out / "prediction.json").write_text(json.dumps(result, indent=2) + "\n")
     overlay = draw_boxes(original, [], [(b["label"], b["box"]) for b in boxes], title=Path(image).name[:24])
     overlay.save(out / "overlay.png", format="PNG")

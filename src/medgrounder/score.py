@@ -19,32 +19,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.eval.metrics import mscxr_refer_metrics, vindr_identify_metrics, vindr_vqa_metrics
-from medgrounder.eval.tables import (
-    classification_table,
-    localization_table,
-    refer_table,
-    summary_table,
-    text_table,
-)
-from medgrounder.eval.text_metrics import text_metrics
-
-TASKS = ("vindr_identify", "vindr_vqa", "mscxr_refer", "caption")
-# Values of a row's ``task`` field that each scored task accepts (rows without one are kept;
-# None: every row).
-ROW_TASKS: dict[str, set[str] | None] = {
-    "vindr_identify": {"vindr_identify", "identify", "grounding"},
-    "vindr_vqa": {"vindr_vqa", "vqa"},
-    "mscxr_refer": {"mscxr_refer", "refer"},
-    "caption": None,
-}
-REQUIRED = {
-    "vindr_identify": ("prediction", "reference", "image_width", "image_height"),
-    "vindr_vqa": ("prediction", "reference"),
-    "mscxr_refer": ("prediction", "category", "gt_boxes", "image_width", "image_height"),
-    "caption": ("prediction", "reference"),
-}
+from medgrounder.core.io import atomic_write_text
+from medgrounder.metrics.tables import summary_table, text_table
+from medgrounder.tasks import METRIC_TASKS, Task, row_tasks, task_for_metric
 
 
 class InputError(ValueError):
@@ -76,43 +53,22 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
 
 def score(rows: list[dict], task: str, plus_one: bool = False, keep_tags: bool = False,
           meteor: str | None = "nltk") -> dict:
-    """Metrics of ``rows`` of one task."""
-    if task == "vindr_identify":
-        return vindr_identify_metrics(rows, plus_one=plus_one)
-    if task == "mscxr_refer":
-        return mscxr_refer_metrics(rows)
-    if task == "caption":
-        return text_metrics([r["prediction"] for r in rows], [r["reference"] for r in rows],
-                            keep_tags=keep_tags, meteor_backend=meteor)
-    return vindr_vqa_metrics(rows)
+    """Metrics of ``rows`` of one section ``task`` (without the text metrics a training run adds
+    to its ``[identify]`` and ``[vqa]`` sections)."""
+    return task_for_metric(task).score(rows, plus_one=plus_one, keep_tags=keep_tags, meteor=meteor, text=False)
 
 
-def report(m: dict, task: str) -> str:
-    """Markdown tables of the metrics of one task."""
-    if task == "mscxr_refer":
-        return "\n".join([summary_table(m, ["num_samples", "valid_rate"]),
-                          refer_table({"IoU": m}, "iou"), refer_table({"Dice": m}, "dice")])
-    if task == "caption":
-        return "\n".join([summary_table(m, ["num_samples"]), text_table({"model": m})])
-    if task == "vindr_identify":
-        return "\n".join(
-            [
-                summary_table(m, ["num_samples", "valid_rate", "num_gt", "num_pred"]),
-                localization_table({"model": m}, strict=True),
-                classification_table(m, LOCAL_LABELS, "local", "Local labels"),
-            ]
-        )
-    binary = [
-        f"{c}/{k}"
-        for c in ("finding", "no_finding")
-        for k in ("precision", "recall", "f1", "support")
-    ]
-    return "\n".join(
-        [
-            summary_table(m, ["num_samples", "valid_rate", "finding/accuracy", *binary]),
-            classification_table(m, GLOBAL_LABELS, "global", "Global labels"),
-        ]
-    )
+def report(m: dict, task: Task) -> str:
+    """Markdown tables of the metrics of one section: its counts, the task's report (as in
+    ``tables.md``) and its text metrics."""
+    parts = [summary_table(m, list(task.summary_keys))]
+    section = task.report(m, label="model")
+    if section:
+        parts.append(section)
+    text = task.text_scores(m)
+    if text:
+        parts.append(text_table({"model": text}))
+    return "\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m medgrounder.score", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--predictions", required=True, help="predictions.jsonl (design section 6)")
-    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--task", required=True, choices=list(METRIC_TASKS))
     parser.add_argument("--out", help="write the metrics as JSON here")
     parser.add_argument(
         "--plus-one", action="store_true", help="LiteGPT's +1 IoU on the 0-100 grid"
@@ -133,9 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="caption: METEOR backend (nltk + WordNet 3.0 = LiteGPT; coco = Java METEOR 1.5)",
     )
     args = parser.parse_args(argv)
-    accepted = ROW_TASKS[args.task]
+    task = task_for_metric(args.task)
+    accepted = row_tasks(args.task)
     try:
-        rows = read_jsonl(args.predictions, REQUIRED[args.task])
+        rows = read_jsonl(args.predictions, task.row_fields)
         kept = [r for r in rows if accepted is None or r.get("task") is None or r["task"] in accepted]
         if len(kept) < len(rows):
             print(f"note: skipped {len(rows) - len(kept)} rows of other tasks", file=sys.stderr)
@@ -152,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"## {args.task}: {args.predictions}\n\n{report(metrics, args.task)}")
+        atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    print(f"## {args.task}: {args.predictions}\n\n{report(metrics, task)}")
     return 0
 
 

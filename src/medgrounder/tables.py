@@ -31,8 +31,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from medgrounder.core.io import atomic_write_text
-from medgrounder.eval.metrics import MSCXR_CATEGORIES
-from medgrounder.eval.tables import TEXT_COLUMNS, markdown_table
+from medgrounder.core.labels import MSCXR_CATEGORIES
+from medgrounder.metrics.tables import TEXT_COLUMNS, markdown_table
 
 LITEGPT_MODELS = ("litegpt_minigptv2", "litegpt_biomedclip", "litegpt_pubmedclip", "litegpt_dual")
 NAMES = {

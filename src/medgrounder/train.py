@@ -37,8 +37,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from medgrounder.evaluate import box_figure, evaluate_task, load_stage_checkpoint, write_reports
 from medgrounder.models.tower_pretraining import pretrain_configured_towers
+from medgrounder.pipeline.checkpoints import load_stage_checkpoint
+from medgrounder.pipeline.evaluation import evaluate_task
+from medgrounder.pipeline.figures import draw_panels
+from medgrounder.pipeline.reports import write_reports
+from medgrounder.tasks import get_task
 from medgrounder.utils.callbacks import AtomicCheckpointIO, RngState
 from medgrounder.utils.logging import flatten_metrics, log_wandb_predictions, resolve_wandb_mode
 from medgrounder.utils.preflight import check_inputs
@@ -282,8 +286,7 @@ def _evaluate_stage(cfg, module, datamodule, stage: str, task: str, out_dir: Pat
     if cfg.resume and (cache / "metrics.json").is_file() and (cache / "predictions.jsonl").is_file():
         metrics = json.loads((cache / "metrics.json").read_text())
         rows = [json.loads(line) for line in (cache / "predictions.jsonl").read_text().splitlines()]
-        figure = box_figure(rows, datamodule, cfg.num_figure_images) if any(r.get("gt_boxes") for r in rows) and \
-            task in ("identify", "grounding") else None
+        figure = draw_panels(rows, get_task(task), datamodule.for_task(task), cfg.num_figure_images)
         log.info("stage %s: evaluation reused from %s", stage, cache)
         return metrics, rows, figure
     metrics, rows, figure = evaluate_task(module, datamodule, task, cfg.num_figure_images)

@@ -18,6 +18,10 @@ Our modules name them::
 :func:`minigptv2_key_map` spells the map out from our model's own keys; :func:`load_minigptv2`
 loads the chosen parts (``projector``, ``lora``) and raises, listing the keys, when an expected
 key is missing, a key is unexpected, or a shape differs. Nothing is skipped silently.
+
+Our own checkpoints (a stage's ``checkpoints/<stage>.pt``, Lightning's resume checkpoint) keep
+only the trainable weights and a digest of the frozen ones; :func:`check_trainable_state` is the
+one check both go through.
 """
 
 from __future__ import annotations
@@ -37,6 +41,20 @@ class CheckpointKeyError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep the lines readable
         return str(self.args[0])
+
+
+def check_trainable_state(module: nn.Module, saved: Iterable[str], fingerprint: str | None, origin: str) -> None:
+    """Refuse a checkpoint of ``module`` (a :class:`VisionLanguageModel`) unless its keys
+    ``saved`` are exactly the parameters training changes, and its frozen weights' digest
+    ``fingerprint`` (None: not recorded) is this model's; ``origin`` names it in the errors."""
+    expected, saved = module.trainable_names(), set(saved)
+    missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+    if missing or unexpected:
+        raise CheckpointKeyError(f"{origin} does not match the model's trainable weights: missing {missing[:20]}"
+                                 f"{' ...' if len(missing) > 20 else ''}, unexpected {unexpected[:20]}")
+    if fingerprint not in (None, module.frozen_fingerprint()):
+        raise ValueError(f"{origin}: the frozen weights of this model differ from those it was trained with "
+                         "(other pretrained files, or another seed for random towers)")
 
 
 def last_linear_name(projector: nn.Sequential, prefix: str = "projector") -> str:

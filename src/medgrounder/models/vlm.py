@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medgrounder.core.template import IGNORE_INDEX, PROMPT_PREFIX
-from medgrounder.models.checkpoints import PARTS, load_minigptv2
+from medgrounder.models.checkpoints import PARTS, check_trainable_state, load_minigptv2
 from medgrounder.models.fusion import merge_tokens, merged_token_count, resolve_merge
 from medgrounder.models.llm import build_llm
 from medgrounder.models.projector import build_projector
@@ -230,13 +230,7 @@ class VisionLanguageModel(L.LightningModule):
         state = checkpoint.get("state_dict")
         if state is None:  # strategies that restore weights themselves (DeepSpeed)
             return
-        expected, saved = self.trainable_names(), set(state)
-        missing, unexpected = sorted(expected - saved), sorted(saved - expected)
-        if missing or unexpected:
-            raise KeyError(f"resume checkpoint does not match the model's trainable weights: missing "
-                           f"{missing[:20]}, unexpected {unexpected[:20]}")
-        if checkpoint.get("frozen_fingerprint") not in (None, self.frozen_fingerprint()):
-            raise ValueError("resume checkpoint: the frozen weights of this model differ from those it was trained with")
+        check_trainable_state(self, state, checkpoint.get("frozen_fingerprint"), "resume checkpoint")
 
     def configure_optimizers(self):
         opt, sched = self.build_optimizer(max(1, int(self.trainer.estimated_stepping_batches)))

@@ -1,22 +1,31 @@
 """What every task shares: the :class:`Target` a dataset hands a task for one sample, and the
-:class:`Task` base class (one object per task owns its identifier, instructions and answers;
-see the package docstring).
+:class:`Task` base class (one object per task owns its identifier, instructions, answers,
+parser, scoring, baseline, report section and figure boxes; see the package docstring).
 
 Answers are deterministic functions of the labels, so the same data gives the same targets.
+Scoring works on ``predictions.jsonl`` rows (design section 6); a row's boxes are in original
+pixels, a parsed answer's on the 0-100 grid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from medgrounder.core.boxes import GridBox
+from medgrounder.core.boxes import Box, GridBox, from_grid
 from medgrounder.core.template import prompt_suffix, render_prompt
+from medgrounder.metrics.text import text_metrics
+from medgrounder.tasks.parse import Parsed
 
-__all__ = ["Target", "Task"]
+__all__ = ["BASELINE", "Target", "Task", "class_prior_boxes", "sorted_boxes", "text_section"]
+
+#: the prefix of a baseline's keys in a task's metrics (``baseline/acc@0.3``)
+BASELINE = "baseline/"
+TEXT = "text/"
 
 
 @dataclass(frozen=True)
@@ -24,9 +33,9 @@ class Target:
     """One sample's labels as a dataset hands them to its task.
 
     ``findings``: ``(class or category, box)`` on the 0-100 grid of what the model sees (the
-    whole image, or a training crop); ``labels``: global labels (``[vqa]``); ``text``: the caption
-    (``[caption]``) or the phrase to ground (``[refer]``). ``width`` / ``height``: the original
-    image in pixels.
+    whole image, or a training crop; a datamodule's ``targets(split)`` gives whole images);
+    ``labels``: global labels (``[vqa]``); ``text``: the caption (``[caption]``) or the phrase
+    to ground (``[refer]``). ``width`` / ``height``: the original image in pixels.
     """
 
     image_id: str = ""
@@ -52,6 +61,16 @@ class Task:
     instructions: ClassVar[tuple[str, ...]]
     #: whether the instruction carries a phrase of the sample (``target.text``)
     takes_phrase: ClassVar[bool] = False
+    #: the fields :meth:`score` reads from a ``predictions.jsonl`` row
+    row_fields: ClassVar[tuple[str, ...]] = ("prediction", "reference")
+    #: whether :meth:`score` applies to rows of any task (text metrics do)
+    scores_any_row: ClassVar[bool] = False
+    #: columns of a sweep's ``summary.md`` (keys of this task's metrics section)
+    sweep_columns: ClassVar[tuple[str, ...]] = ()
+    #: the scalar metrics ``score`` prints first
+    summary_keys: ClassVar[tuple[str, ...]] = ("num_samples",)
+    #: whether evaluation draws test images with the ground-truth and predicted boxes
+    draws_figure: ClassVar[bool] = False
 
     def __init__(self, identifier: str | None = None):
         self.identifier = identifier or self.name
@@ -90,6 +109,79 @@ class Task:
     def answer_corpus(self) -> list[str]:
         """Fixed phrases of the answers."""
         return []
+
+    # ------------------------------------------------------------------ evaluation
+    def parse(self, text: object) -> Parsed:
+        """A generated answer -> labels and grid boxes; never raises."""
+        raise NotImplementedError
+
+    def score(self, rows: Sequence[Mapping], *, plus_one: bool = False, keep_tags: bool = False,
+              meteor: str | None = "nltk", text: bool = True) -> dict:
+        """This task's section of ``metrics.json`` for ``rows``. Every task takes the same options
+        (a caller passes them without knowing the task) and uses those that apply: ``plus_one``
+        LiteGPT's +1 IoU on the grid; ``keep_tags`` / ``meteor`` the text metrics' settings;
+        ``text``: add the text metrics of the answers under ``text/`` (where the task has them)."""
+        raise NotImplementedError
+
+    def baseline(self, train: Sequence[Target], rows: Sequence[Mapping]) -> dict:
+        """The metrics of a baseline fitted on the training targets, keys prefixed with
+        :data:`BASELINE`; ``{}`` when the task has none."""
+        return {}
+
+    def report(self, metrics: Mapping, label: str | None = None) -> str:
+        """This task's markdown section of ``tables.md`` (and of ``score``'s output); ``label``
+        names the model's rows (default ``model [identifier]``); ``""`` when it has none."""
+        return ""
+
+    def text_scores(self, metrics: Mapping) -> dict:
+        """The text metrics in this task's section (a row of the shared text table)."""
+        return {k.removeprefix(TEXT): v for k, v in metrics.items() if k.startswith(TEXT)}
+
+    def headline(self, metrics: Mapping) -> dict:
+        """The numbers worth a log line."""
+        return {k: round(v, 4) for k, v in metrics.items()
+                if "/" not in k and isinstance(v, int | float) and not isinstance(v, bool)}
+
+    def predicted_boxes(self, row: Mapping) -> list[tuple[str, Box]]:
+        """``(label, box)`` of every box parsed from the row's prediction (valid or not), in the
+        original image's pixels."""
+        w, h = row["image_width"], row["image_height"]
+        return [(name, from_grid(g, w, h)) for name, g in self.parse(row.get("prediction")).findings]
+
+    def gt_boxes(self, row: Mapping) -> list[tuple[str, Sequence[float]]]:
+        """``(label, pixel box)`` of the row's ground truth, as a figure shows them."""
+        return []
+
+    def figure_title(self, row: Mapping) -> str:
+        return str(row["image_id"])[:12]
+
+    def _label(self, label: str | None) -> str:
+        return label or f"model [{self.identifier}]"
+
+
+def text_section(rows: Sequence[Mapping], keep_tags: bool = False, meteor: str | None = "nltk") -> dict:
+    """The text metrics of the rows' answers (boxes and ``<p>`` tags stripped) under ``text/``
+    (LiteGPT tables 4-5)."""
+    m = text_metrics([r["prediction"] for r in rows], [r["reference"] for r in rows], keep_tags=keep_tags,
+                     meteor_backend=meteor)
+    return {f"{TEXT}{k}": v for k, v in m.items() if k != "num_samples"}
+
+
+def class_prior_boxes(findings: Iterable[tuple[str, Sequence[int]]]) -> tuple[dict[str, GridBox], GridBox]:
+    """The mean grid box of each class over ``(class, grid box)`` pairs (coordinates rounded half
+    up), and the mean of every box for a class not seen: the mean-box baselines' answers."""
+    by_class: dict[str, list[Sequence[int]]] = defaultdict(list)
+    every: list[Sequence[int]] = []
+    for c, box in findings:
+        by_class[c].append(box)
+        every.append(box)
+    if not every:
+        raise ValueError("a mean-box baseline needs at least one training box")
+
+    def mean(boxes: list[Sequence[int]]) -> GridBox:
+        return tuple(int(np.floor(v + 0.5)) for v in np.mean(np.asarray(boxes, float), axis=0))
+
+    return {c: mean(b) for c, b in by_class.items()}, mean(every)
 
 
 def sorted_boxes(boxes: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:

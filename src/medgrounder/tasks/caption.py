@@ -1,10 +1,13 @@
 """``[caption]``: captioning of medical images (PFMVG stage 1, on ROCO, ImageCLEF 2022 and
 MIMIC-CXR reports); stage 1 asks with "a randomly selected question from an instruction pool"
-(PFMVG section 2.2). The answer is the caption."""
+(PFMVG section 2.2). The answer is the caption, scored with the text metrics of LiteGPT
+tables 4-5 (:func:`~medgrounder.metrics.text.text_metrics`)."""
 
 from __future__ import annotations
 
+from medgrounder.metrics.text import text_metrics
 from medgrounder.tasks.base import Target, Task
+from medgrounder.tasks.parse import Parsed
 
 CAPTION_INSTRUCTIONS: tuple[str, ...] = (
     "Briefly describe this medical image.",
@@ -20,8 +23,21 @@ class Caption(Task):
     name = "caption"
     metric_key = "caption"
     instructions = CAPTION_INSTRUCTIONS
+    scores_any_row = True
 
     def answer(self, target: Target) -> str:
         if target.text is None:
             raise ValueError(f"caption target {target.image_id!r} has no text")
         return target.text
+
+    def parse(self, text: object) -> Parsed:
+        """Any non-empty text is a caption."""
+        return Parsed(isinstance(text, str) and bool(text.strip()))
+
+    def score(self, rows, *, plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
+        """:func:`~medgrounder.metrics.text.text_metrics` of the predictions against the references."""
+        return text_metrics([r["prediction"] for r in rows], [r["reference"] for r in rows], keep_tags=keep_tags,
+                            meteor_backend=meteor)
+
+    def text_scores(self, metrics) -> dict:
+        return dict(metrics)

@@ -1,17 +1,26 @@
 """``[refer]``: phrase grounding on MS-CXR (PFMVG stage 2). The prompt combines a question from
 a pool with the phrase ("[refer] [Instruction] [label text]", PFMVG section 2.2); the answer is
 every box of the phrase, sorted (left to right, then top to bottom), joined with ``<delim>``:
-``{<x1><y1><x2><y2>}<delim>{...}``."""
+``{<x1><y1><x2><y2>}<delim>{...}``.
+
+Scored with PFMVG's IoU and Dice of box unions per category (tables 1-4), beside a
+category-prior mean-box baseline."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from medgrounder.core.grammar import BOX_DELIM, format_box
+from medgrounder.core.boxes import from_grid
+from medgrounder.core.grammar import BOX_DELIM, BOX_RE, DELIM_RE, format_box
 from medgrounder.core.labels import MSCXR_CATEGORIES
-from medgrounder.tasks.base import Target, Task, sorted_boxes
+from medgrounder.metrics.overlap import box_iou_dice, pixel_boxes
+from medgrounder.metrics.tables import refer_table
+from medgrounder.tasks.base import BASELINE, Target, Task, class_prior_boxes, sorted_boxes
+from medgrounder.tasks.parse import Parsed, parse_boxes
 
 #: ``{}`` is replaced by the label text (the phrase to ground).
 REFER_INSTRUCTIONS: tuple[str, ...] = (
@@ -41,11 +50,86 @@ def refer_answer(grid_boxes: Iterable[Sequence[int]]) -> str:
     return BOX_DELIM.join(format_box(b) for b in boxes)
 
 
+def parse_refer(text: object) -> Parsed:
+    """Parse a ``[refer]`` answer: boxes joined by ``<delim>``, ``findings = [("", box), ...]``.
+
+    Valid when there is at least one box and nothing else but whitespace, delimiters and
+    punctuation (``.,;``); the boxes are returned either way.
+    """
+    if not isinstance(text, str):
+        return Parsed(False)
+    findings = [("", b) for b in parse_boxes(text)]
+    rest = DELIM_RE.sub(" ", BOX_RE.sub(" ", text))
+    valid = bool(findings) and re.fullmatch(r"[\s.,;]*", rest) is not None
+    return Parsed(valid, findings, set())
+
+
+def mscxr_sample_scores(row: Mapping) -> tuple[bool, float, float]:
+    """``(valid, iou, dice)`` of one ``[refer]`` row: the prediction's grid boxes (several may be
+    joined by ``<delim>``) mapped to pixels, against ``gt_boxes`` (pixels); invalid output is 0."""
+    parsed = parse_refer(row.get("prediction"))
+    if not parsed.valid:
+        return False, 0.0, 0.0
+    w, h = row["image_width"], row["image_height"]
+    pred = [from_grid(g, w, h) for _, g in parsed.findings]
+    return (True, *box_iou_dice(pred, pixel_boxes(row["gt_boxes"])))
+
+
+def mscxr_refer_metrics(rows: Sequence[Mapping], categories: Sequence[str] = MSCXR_CATEGORIES) -> dict:
+    """PFMVG Tables 1-4 (design section 7).
+
+    Per sample, IoU and Dice between the union of the predicted boxes and the union of the
+    ground-truth boxes, as masks in original pixels (:func:`box_iou_dice`); an invalid output
+    scores 0 and still counts. ``iou/<category>`` and ``dice/<category>`` average the samples of
+    a category; ``iou/mean`` / ``dice/mean`` average the categories that have samples (the 8 of
+    MS-CXR in the paper); ``iou/weighted`` / ``dice/weighted`` average all samples (PFMVG's wIoU
+    and wDice: categories weighted by their sample counts). Also ``num/<category>``,
+    ``num_samples``, ``valid_rate`` and ``valid_rate/<category>``. Categories not in
+    ``categories`` get their own keys and take part in the averages.
+    """
+    by_cat: dict[str, list[tuple[bool, float, float]]] = defaultdict(list)
+    for row in rows:
+        by_cat[str(row["category"])].append(mscxr_sample_scores(row))
+    names = [c for c in categories if c in by_cat] + sorted(set(by_cat) - set(categories))
+    every = [s for c in names for s in by_cat[c]]
+    out: dict = {"num_samples": len(every),
+                 "valid_rate": float(np.mean([s[0] for s in every])) if every else 0.0}
+    for c in names:
+        v = np.asarray(by_cat[c], dtype=float)
+        out[f"num/{c}"] = len(v)
+        out[f"valid_rate/{c}"] = float(v[:, 0].mean())
+        out[f"iou/{c}"] = float(v[:, 1].mean())
+        out[f"dice/{c}"] = float(v[:, 2].mean())
+    for k in ("iou", "dice"):
+        out[f"{k}/mean"] = float(np.mean([out[f"{k}/{c}"] for c in names])) if names else 0.0
+        j = 1 if k == "iou" else 2
+        out[f"{k}/weighted"] = float(np.mean([s[j] for s in every])) if every else 0.0
+    return out
+
+
+def mscxr_mean_box_baseline(train_boxes: Iterable[tuple[str, Sequence[int]]], rows: Sequence[Mapping],
+                            categories: Sequence[str] = MSCXR_CATEGORIES) -> dict:
+    """Category-prior grounding baseline reported beside the model (PFMVG's task).
+
+    Every test row is answered with one box, the mean 0-100 grid box of its category over
+    ``train_boxes`` (``(category, grid box)`` pairs; :func:`class_prior_boxes`), or of all
+    training boxes for a category not seen in training; scored by :func:`mscxr_refer_metrics`.
+    The phrase's category is given for free, so this measures "where does this finding usually
+    sit"."""
+    means, fallback = class_prior_boxes(train_boxes)
+    answers = {c: refer_answer([b]) for c, b in means.items()}
+    baseline_rows = [{**row, "prediction": answers.get(str(row["category"]), refer_answer([fallback]))} for row in rows]
+    return mscxr_refer_metrics(baseline_rows, categories)
+
+
 class Refer(Task):
     name = "refer"
     metric_key = "mscxr_refer"
     instructions = REFER_INSTRUCTIONS
     takes_phrase = True
+    row_fields = ("prediction", "category", "gt_boxes", "image_width", "image_height")
+    summary_keys = ("num_samples", "valid_rate")
+    draws_figure = True
 
     def instruction(self, target: Target | None = None, rng: np.random.Generator | None = None) -> str:
         if target is None or not target.text:
@@ -67,3 +151,35 @@ class Refer(Task):
 
     def answer_corpus(self) -> list[str]:
         return [" ".join(MSCXR_CATEGORIES).lower()]
+
+    def parse(self, text: object) -> Parsed:
+        return parse_refer(text)
+
+    def score(self, rows, *, plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
+        """:func:`mscxr_refer_metrics` (the options do not apply)."""
+        return mscxr_refer_metrics(rows)
+
+    def baseline(self, train, rows) -> dict:
+        """:func:`mscxr_mean_box_baseline`'s IoU and Dice (``baseline/iou/...``, ``baseline/dice/...``)."""
+        m = mscxr_mean_box_baseline((f for t in train for f in t.findings), rows)
+        return {f"{BASELINE}{k}": v for k, v in m.items() if k.startswith(("iou/", "dice/"))}
+
+    def report(self, metrics, label=None) -> str:
+        rows = {self._label(label): metrics}
+        base = {k.removeprefix(BASELINE): v for k, v in metrics.items() if k.startswith(BASELINE)}
+        if base:
+            rows["mean-box baseline (category prior)"] = base
+        parts = []
+        for metric, title in (("iou", "IoU"), ("dice", "Dice")):
+            parts += [f"MS-CXR [{self.identifier}] {title} (PFMVG tables 1-4)", "", refer_table(rows, metric), ""]
+        return "\n".join([*parts, f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}"])
+
+    def headline(self, metrics) -> dict:
+        return {k: round(v, 4) for k, v in metrics.items()
+                if k.split("/")[-1] in ("mean", "weighted") or k == "valid_rate"}
+
+    def gt_boxes(self, row):
+        return [(row["category"], b[-4:]) for b in row["gt_boxes"]]
+
+    def figure_title(self, row) -> str:
+        return str(row["label_text"])[:40]

@@ -1,13 +1,21 @@
 """``[vqa]``: diagnosis of VinDr-CXR's 6 global labels (LiteGPT stage 2). The answer is
 ``Global diseases of this chest radiograph are Pneumonia, Tuberculosis.`` in label order; an
-image without a global finding answers "No finding"."""
+image without a global finding answers "No finding".
+
+Scored with the 6-global-label report and LiteGPT Table 1's binary finding / no-finding task."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
-from medgrounder.core.labels import GLOBAL_INDEX, GLOBAL_LABELS, NO_FINDING
-from medgrounder.tasks.base import Target, Task
+import numpy as np
+
+from medgrounder.core.labels import GLOBAL_ALIASES, GLOBAL_INDEX, GLOBAL_LABELS, NO_FINDING
+from medgrounder.metrics.classification import binary_report, multilabel_report
+from medgrounder.metrics.tables import classification_table
+from medgrounder.tasks.base import Target, Task, text_section
+from medgrounder.tasks.parse import Parsed, norm, prefix_re
 
 GLOBAL_PREFIX = "Global diseases of this chest radiograph are "
 # LiteGPT section 4.4, stage 2.
@@ -24,13 +32,91 @@ def vqa_answer(global_labels: Iterable[str]) -> str:
     return GLOBAL_PREFIX + ", ".join(names) + "."
 
 
+_GLOBAL_PREFIX_RE = prefix_re(GLOBAL_PREFIX)
+_GLOBAL_NAMES = {norm(n): n for n in GLOBAL_LABELS}
+_GLOBAL_NAMES.update({norm(a): c for a, c in GLOBAL_ALIASES.items()})
+_GLOBAL_NAMES[norm("No findings")] = NO_FINDING
+
+
+def parse_vqa(text: object) -> Parsed:
+    """Parse a ``[vqa]`` answer into canonical global labels (``findings`` stays empty).
+
+    Grammar: optional :data:`GLOBAL_PREFIX`, items separated by ``,`` / ``;`` / "and" / ``&``,
+    optional final period. Each whole item must name a global label (case-insensitive; the
+    aliases "Other diseases" and "No findings" are accepted); there is no substring search, so
+    "no pneumonia" is an unknown item. Unknown items or no items make the answer invalid; the
+    known items are still returned in ``labels``.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return Parsed(False)
+    m = _GLOBAL_PREFIX_RE.match(text)
+    body = text[m.end() :] if m else text
+    body = body.strip().rstrip(".").strip()
+    items = [i for i in re.split(r"\s*(?:[,;&]|\band\b)\s*", body, flags=re.IGNORECASE) if i]
+    labels = {_GLOBAL_NAMES.get(norm(i)) for i in items}
+    valid = bool(items) and None not in labels
+    labels.discard(None)
+    return Parsed(valid, [], labels)  # type: ignore[arg-type]
+
+
+def vindr_vqa_metrics(rows: Sequence[Mapping]) -> dict:
+    """``[vqa]`` metrics: ``valid_rate``, ``num_samples``, the 6-global-label
+    :func:`multilabel_report` under ``global/`` and LiteGPT Table 1's binary task.
+
+    Binary task: an image is *finding* when its labels contain any global label except
+    "No finding". ``finding/precision|recall|f1|support`` score the finding class,
+    ``no_finding/...`` the no-finding class, ``finding/accuracy`` the fraction of images whose
+    binary decision is right. An invalid prediction has no labels; it never earns credit: in
+    the binary task it counts as the wrong decision for its image.
+    """
+    y_true, y_pred, t_bin, p_bin, n_valid = [], [], [], [], 0
+    for row in rows:
+        ref = parse_vqa(row["reference"])
+        if not ref.valid:
+            raise ValueError(f"row {row.get('id')!r}: unparseable reference {row['reference']!r}")
+        parsed = parse_vqa(row.get("prediction"))
+        n_valid += parsed.valid
+        pred = parsed.labels if parsed.valid else set()
+        y_true.append(ref.labels)
+        y_pred.append(pred)
+        truth = bool(ref.labels - {NO_FINDING})
+        t_bin.append(truth)
+        p_bin.append(bool(pred - {NO_FINDING}) if pred else not truth)
+    n = len(y_true)
+    out = {"num_samples": n, "valid_rate": n_valid / n if n else 0.0}
+    out.update({f"global/{k}": v for k, v in multilabel_report(y_true, y_pred, GLOBAL_LABELS).items()})
+    out.update(binary_report(t_bin, p_bin, "finding"))
+    out.update(binary_report([not v for v in t_bin], [not v for v in p_bin], "no_finding"))
+    out["finding/accuracy"] = float(np.mean(np.equal(t_bin, p_bin))) if n else 0.0
+    return out
+
+
+_BINARY = tuple(f"{c}/{k}" for c in ("finding", "no_finding") for k in ("precision", "recall", "f1", "support"))
+
+
 class Vqa(Task):
     name = "vqa"
     metric_key = "vindr_vqa"
     instructions = (INSTRUCTION,)
+    sweep_columns = ("valid_rate", "global/micro/f1", "global/macro/f1")
+    summary_keys = ("num_samples", "valid_rate", "finding/accuracy", *_BINARY)
 
     def answer(self, target: Target) -> str:
         return vqa_answer(g for g in target.labels if g != NO_FINDING)
 
     def answer_corpus(self) -> list[str]:
         return [GLOBAL_PREFIX, ", ".join(GLOBAL_LABELS) + "."]
+
+    def parse(self, text: object) -> Parsed:
+        return parse_vqa(text)
+
+    def score(self, rows, *, plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
+        """:func:`vindr_vqa_metrics`; with ``text``, LiteGPT tables 4-5's text metrics."""
+        metrics = vindr_vqa_metrics(rows)
+        if text:
+            metrics.update(text_section(rows, keep_tags, meteor))
+        return metrics
+
+    def report(self, metrics, label=None) -> str:
+        return "\n".join([classification_table(metrics, GLOBAL_LABELS, "global/", "Global labels"), "",
+                          f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}"])

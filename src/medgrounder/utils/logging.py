@@ -67,7 +67,7 @@ def wandb_logger(project: str, save_dir: str, mode: str = "auto", entity: str | 
 def log_wandb_predictions(logger, task: str, rows: list[dict], panels: list | None, max_rows: int = 500) -> None:
     """A stage's test answers as W&B tables: every answer beside its reference (first
     ``max_rows``), and the box pictures (ground truth green, predictions red) beside theirs.
-    ``panels`` are :func:`medgrounder.evaluate.box_figure`'s, drawn for the first test rows with
+    ``panels`` are :func:`medgrounder.pipeline.figures.draw_panels`'s, drawn for the first test rows with
     ground-truth boxes, in order."""
     import wandb
 

@@ -22,14 +22,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from medgrounder.tasks import METRIC_TASKS
 from medgrounder.utils.logging import flatten_metrics
 
 log = logging.getLogger(__name__)
 STATUS_FILE = "status.json"
-DEFAULT_METRICS = (
-    "vindr_identify/valid_rate", "vindr_identify/acc@0.3", "vindr_identify/acc@0.5", "vindr_identify/text/rouge1",
-    "vindr_vqa/valid_rate", "vindr_vqa/global/micro/f1", "vindr_vqa/global/macro/f1",
-)
+#: ``summary.md``'s columns: each task's sweep columns, in the registry's order
+DEFAULT_METRICS = tuple(f"{key}/{c}" for key, task in METRIC_TASKS.items() for c in task.sweep_columns)
 
 
 def write_status(out_dir: str | Path, status: str, error: BaseException | None = None) -> None:

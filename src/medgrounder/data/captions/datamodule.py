@@ -28,7 +28,7 @@ from medgrounder.data.views import (
     sample_crop,
     to_tensor,
 )
-from medgrounder.tasks import get_task
+from medgrounder.tasks import Target, get_task
 
 log = logging.getLogger(__name__)
 CAPTION = get_task("caption")
@@ -228,3 +228,11 @@ class CaptionDataModule(L.LightningDataModule):
 
     def test_dataloader(self, task: str | None = None) -> DataLoader:
         return self._eval_loader("test")
+
+    # ------------------------------------------------------------------ evaluation hooks
+    def for_task(self, task: str) -> CaptionDataModule:
+        return self
+
+    def targets(self, split: str) -> list[Target]:
+        """One target per record of ``split`` (every source), the caption as ``text``."""
+        return [Target(r.id, text=r.caption) for recs in self.records[split] for r in recs]

@@ -249,17 +249,6 @@ class MSCXRDataModule(L.LightningDataModule):
     def test_dataloader(self, task: str | None = None) -> DataLoader:
         return self._loader("test", self.eval_batch_size)
 
-    # ------------------------------------------------------------------ evaluation helpers
-    def train_boxes(self) -> list[tuple[str, tuple[int, int, int, int]]]:
-        """Every training box as ``(category, 0-100 grid box of the whole image)`` (for the
-        mean-box baseline)."""
-        return [(s.category, view_grid(b, View.full(s.width, s.height))) for s in self.splits["train"] for b in s.boxes]
-
-    def figure_image(self, image_id: str) -> tuple[np.ndarray, float, float]:
-        """The cached picture of an image and the factors from original pixels onto it."""
-        sample = next(s for split in SPLITS for s in self.splits[split] if s.dicom_id == image_id)
-        c = self.cache.shape[1]
-        return self.cache[self.image_index[image_id]], c / sample.width, c / sample.height
 
     def tower_pretraining_data(self) -> tuple[torch.Tensor, list, tuple[str, ...]]:
         """Training images at the model's size (whole views), one record per image with every
@@ -276,3 +265,20 @@ class MSCXRDataModule(L.LightningDataModule):
                                                                                  dtype=torch.uint8)
         extra = sorted({c for r in by_image.values() for c, _ in r.findings} - set(MSCXR_CATEGORIES))
         return stacked, list(by_image.values()), (*MSCXR_CATEGORIES, *extra)
+
+    # ------------------------------------------------------------------ evaluation hooks
+    def for_task(self, task: str) -> MSCXRDataModule:
+        return self
+
+    def targets(self, split: str) -> list[Target]:
+        """One target per phrase sample of ``split``: every box of the phrase as ``(category, 0-100
+        grid box of the whole image)``, the label text as ``text`` (baselines)."""
+        return [Target(s.dicom_id, s.width, s.height,
+                       tuple((s.category, view_grid(b, View.full(s.width, s.height))) for b in s.boxes),
+                       text=s.label_text) for s in self.samples(split)]
+
+    def picture(self, image_id: str) -> tuple[np.ndarray, float, float]:
+        """The cached picture of an image for a figure and the factors from original pixels onto it."""
+        sample = next(s for split in SPLITS for s in self.splits[split] if s.dicom_id == image_id)
+        c = self.cache.shape[1]
+        return self.cache[self.image_index[image_id]], c / sample.width, c / sample.height

@@ -46,6 +46,7 @@ from medgrounder.data.sampler import StreamSampler
 from medgrounder.data.vindr.dicom import load_dicom_uint8
 from medgrounder.data.vindr.prepared import is_prepared, read_prepared, resize_square
 from medgrounder.data.vindr.records import VinDrRecord, load_vindr_physionet
+from medgrounder.tasks import Target
 from medgrounder.tasks.identify import identify_answer
 from medgrounder.tasks.vqa import vqa_answer
 
@@ -313,6 +314,23 @@ class VinDrDataModule(L.LightningDataModule):
         no augmentation), for the model's frozen-feature cache."""
         return self.images["train"]
 
-    def train_findings(self) -> list[tuple[str, tuple[int, int, int, int]]]:
-        """All training findings on the 0-100 grid (for the mean-box baseline)."""
-        return [(n, to_grid(b, r.width, r.height)) for r in self.records["train"] for n, b in r.findings]
+    # ------------------------------------------------------------------ evaluation hooks
+    def for_task(self, task: str) -> VinDrDataModule:
+        return self
+
+    def targets(self, split: str) -> list[Target]:
+        """One target per image of the ``train`` (validation images included) or ``test`` records:
+        its findings on the 0-100 grid of the whole image and its global labels (baselines)."""
+        return [Target(r.image_id, r.width, r.height, tuple((n, to_grid(b, r.width, r.height)) for n, b in r.findings),
+                       tuple(r.global_labels)) for r in self.records[split]]
+
+    def picture(self, image_id: str) -> tuple[np.ndarray, float, float]:
+        """The picture of an image for a figure and the factors that scale its pixel boxes onto it:
+        the DICOM at its original size when ``path`` exists, else the prepared cache image
+        (resized; boxes scale by its size over the original width and height)."""
+        rec = next(r for split in ("test", "train") for r in self.records[split] if r.image_id == image_id)
+        if Path(rec.path).is_file() or not getattr(rec, "image", None):
+            return load_dicom_uint8(rec.path, windowing=self.windowing), 1.0, 1.0
+        with Image.open(rec.image) as im:
+            img = np.asarray(im.convert("L"))
+        return img, img.shape[1] / rec.width, img.shape[0] / rec.height

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from medgrounder.eval.metrics import AVERAGES, DEFAULT_THRESHOLDS
+from medgrounder.core.labels import MSCXR_CATEGORIES
+from medgrounder.metrics.classification import AVERAGES
+from medgrounder.metrics.localization import DEFAULT_THRESHOLDS
 
 __all__ = [
     "classification_table",
@@ -108,8 +110,6 @@ def text_table(rows: Mapping[str, Mapping], prefix: str = "") -> str:
 
 def refer_table(rows: Mapping[str, Mapping], metric: str = "iou", categories: Sequence[str] | None = None) -> str:
     """PFMVG tables 1-4: Method | one column per category | mean | wIoU (or wDice), 3 decimals."""
-    from medgrounder.eval.metrics import MSCXR_CATEGORIES
-
     cats = list(categories or MSCXR_CATEGORIES)
     header = ["Method", *cats, "mean", f"w{'IoU' if metric == 'iou' else 'Dice'}"]
     body = [

@@ -4,7 +4,7 @@ The generated and reference answers are first stripped of their localization det
 (:func:`strip_grounding`): boxes ``{<x1><y1><x2><y2>}`` and ``<delim>`` always, the ``<p>`` /
 ``</p>`` tags unless ``keep_tags=True`` (the compatibility flag: the phrase text stays either
 way). Every metric has one reference per prediction; all values are fractions (CIDEr-D is on its
-usual 0-10 scale) and :mod:`medgrounder.eval.tables` prints percentages.
+usual 0-10 scale) and :mod:`medgrounder.metrics.tables` prints percentages.
 
 Implementations and what they reproduce:
 

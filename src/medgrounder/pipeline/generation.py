@@ -1,0 +1,61 @@
+"""Greedy generation over a test loader into ``predictions.jsonl`` rows: the only place that
+gathers results across ranks."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm.auto import tqdm
+
+from medgrounder.tasks import get_task
+
+__all__ = ["generate_rows", "rank_world"]
+
+
+def rank_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised process group, else ``(0, 1)``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def _generate(module, loader, desc: str) -> list[dict]:
+    was_training = module.training
+    module.eval()
+    rows = []
+    for batch in tqdm(loader, desc=desc, disable=rank_world()[0] != 0):
+        answers = module.generate(batch["images"].to(module.device), batch["prompt_ids"].to(module.device),
+                                  batch["prompt_mask"].to(module.device))
+        for meta, answer in zip(batch["meta"], answers, strict=True):
+            prompt = meta.get("prompt") or get_task(meta["task"]).prompt()
+            rows.append({**meta, "prompt": prompt, "prediction": answer})
+    module.train(was_training)
+    return rows
+
+
+def generate_rows(module, loader: DataLoader, desc: str = "generate") -> list[dict]:
+    """Greedy answers for every sample of ``loader`` as ``predictions.jsonl`` rows, in dataset
+    order.
+
+    Under ``torch.distributed`` (initialised, world size > 1) the dataset is sharded with a
+    :class:`~torch.utils.data.DistributedSampler` (no shuffle), each rank generates its shard,
+    and the rows of all ranks are gathered on every rank; the samples the sampler repeats to pad
+    the last shard are dropped (by sample ``id``), so each sample appears exactly once and the
+    rows equal the single-process ones.
+    """
+    rank, world = rank_world()
+    if world == 1:
+        return _generate(module, loader, desc)
+    sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=False)
+    indices = list(sampler)
+    shard = DataLoader(Subset(loader.dataset, indices), batch_size=loader.batch_size,
+                       collate_fn=loader.collate_fn, num_workers=loader.num_workers)
+    mine = list(zip(indices, _generate(module, shard, f"{desc} [rank {rank}/{world}]"), strict=True))
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, mine)
+    by_id: dict = {}
+    for part in parts:
+        for index, row in part:
+            by_id.setdefault(row["id"], (index, row))
+    return [row for _, row in sorted(by_id.values(), key=lambda t: t[0])]
