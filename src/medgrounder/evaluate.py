@@ -288,7 +288,7 @@ def _log_wandb(run_cfg, out_dir: Path, stage: str, task: str, metrics: dict, row
     logger.experiment.finish()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="pkg://medgrounder.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     import os
 

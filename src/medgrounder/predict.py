@@ -91,7 +91,7 @@ def predict(ckpt_path: str | Path, image: str | Path, out_dir: str | Path, phras
     return result
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="pkg://medgrounder.conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     result = predict(cfg.ckpt_path, cfg.image, cfg.paths.output_dir, cfg.phrase, cfg.task, cfg.max_new_tokens)
     print(json.dumps(result, indent=2))

@@ -395,7 +395,7 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://medgrounder.conf", config_name="train")
 def main(cfg: DictConfig) -> dict | None:
     """The Hydra job. Its ``status.json`` says ``running``, ``done`` or ``failed``; in a multirun a
     failing job is logged and recorded and the sweep goes on (the summary reports it)."""
