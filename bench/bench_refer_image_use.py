@@ -39,7 +39,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     module, _, _, data = load_checkpoint_module(args.ckpt)
     dm = data()
-    dm = dm.for_task("refer") if hasattr(dm, "for_task") else dm
+    dm = dm.for_task("refer")
     results = {name: mscxr_refer_metrics(answers(module, dm.test_dataloader("refer"), roll))
                for name, roll in (("true images", False), ("rolled images", True))}
     cats = [c for c in MSCXR_CATEGORIES if f"iou/{c}" in results["true images"]]

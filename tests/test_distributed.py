@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from helpers import compose_train, train_cli
-from medgrounder.data.sampler import StreamSampler
+from medgrounder.data.sampler import StreamSampler, shuffled
 from medgrounder.models.llm import local_rank
 
 
@@ -42,10 +42,10 @@ def test_ddp_two_cpu_processes_train_and_evaluate(synth_vindr_root, tmp_path):
     dm.setup()
     for task in ("identify", "vqa"):
         ids = [f"{s.record.image_id}:{task}" for s in dm.samples("train", task)]
-        stream = StreamSampler(len(ids), batch_size=2, seed=0, world_size=2)
+        stream = StreamSampler(shuffled(len(ids), seed=0), batch_size=2, world_size=2)
         for (t, step), by_rank in seen.items():
             if t == task:
-                assert by_rank[0] + by_rank[1] == [ids[i] for i in stream.global_batch_indices(step)], (task, step)
+                assert by_rank[0] + by_rank[1] == [ids[i] for i in stream.global_batch_keys(step)], (task, step)
                 assert not set(by_rank[0]) & set(by_rank[1])
 
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]

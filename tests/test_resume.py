@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import compose_train, tiny_run_overrides, train_cli
-from medgrounder.data.sampler import StreamSampler
+from medgrounder.data.sampler import StreamSampler, shuffled
 from medgrounder.train import check_run_dir, run, run_identity, validate
 
 
@@ -26,31 +26,31 @@ def one_thread():
 
 # ------------------------------------------------------------------ the stream sampler
 def test_stream_epochs_continue_the_stream_and_each_pass_is_a_permutation():
-    s = StreamSampler(n=10, batch_size=3, seed=7, epoch_batches=4)
+    s = StreamSampler(shuffled(10, seed=7), batch_size=3, epoch_batches=4)
     first, second = list(s), list(s)
     assert len(first) == len(s) == 12
     stream = first + second  # 24 positions: passes 0, 1 and part of 2
     assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))
     assert stream[:10] != stream[10:20]  # each pass reshuffled
-    assert StreamSampler(n=10, batch_size=3, seed=8, epoch_batches=4).permutation(0).tolist() != stream[:10]
+    assert shuffled(10, seed=8)(0) != stream[:10]
     # without iters_per_epoch an epoch is the batches that fit in one pass
-    assert len(StreamSampler(n=10, batch_size=3, seed=7)) == 9
+    assert len(StreamSampler(shuffled(10, seed=7), batch_size=3)) == 9
 
 
 def test_stream_is_sharded_over_ranks():
     world, batch = 3, 2
-    ranks = [list(StreamSampler(n=17, batch_size=batch, seed=1, epoch_batches=5, rank=r, world_size=world))
+    ranks = [list(StreamSampler(shuffled(17, seed=1), batch_size=batch, epoch_batches=5, rank=r, world_size=world))
              for r in range(world)]
-    single = list(StreamSampler(n=17, batch_size=batch * world, seed=1, epoch_batches=5))
+    single = list(StreamSampler(shuffled(17, seed=1), batch_size=batch * world, epoch_batches=5))
     for b in range(5):  # global batch b = rank 0's slice, then rank 1's, ...
         assert [i for r in ranks for i in r[b * batch : (b + 1) * batch]] == single[b * batch * world : (b + 1) * batch * world]
     assert len(set(single[:17])) == 17  # one pass: no sample twice, on any rank
 
 
 def test_stream_resumes_at_any_batch():
-    full = StreamSampler(n=9, batch_size=2, seed=3, epoch_batches=4)
+    full = StreamSampler(shuffled(9, seed=3), batch_size=2, epoch_batches=4)
     epochs = [list(full) for _ in range(3)]
-    resumed = StreamSampler(n=9, batch_size=2, seed=3, epoch_batches=4, start=6)  # epoch 1, batch 2
+    resumed = StreamSampler(shuffled(9, seed=3), batch_size=2, epoch_batches=4, start=6)  # epoch 1, batch 2
     assert list(resumed) == epochs[1][4:]  # the rest of epoch 1
     assert list(resumed) == epochs[2]      # then whole epochs
     assert resumed.epoch_begin == 8

@@ -19,16 +19,13 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.data.vindr.dicom import load_dicom_uint8
 from medgrounder.eval import tables
 from medgrounder.eval.metrics import (
     mean_box_baseline,
@@ -100,11 +97,12 @@ def evaluate_task(module, datamodule, task: str, num_figure_images: int = 8):
     """Generate on the test split for ``task``; returns ``({task_key: metrics}, rows, figure)``."""
     rows = generate_rows(module, datamodule.test_dataloader(task), desc=f"generate [{task}] test")
     key = TASK_KEYS[task]
-    data = datamodule.for_task(task) if hasattr(datamodule, "for_task") else datamodule
+    data = datamodule.for_task(task)
+    train_findings = [f for t in data.targets("train") for f in t.findings]  # the mean-box baselines
     if key == "mscxr_refer":
         # PFMVG tables 1-4, and the category-prior baseline beside them.
         metrics = mscxr_refer_metrics(rows)
-        baseline = mscxr_mean_box_baseline(data.train_boxes(), rows)
+        baseline = mscxr_mean_box_baseline(train_findings, rows)
         metrics.update({f"baseline/{k}": v for k, v in baseline.items() if k.startswith(("iou/", "dice/"))})
         log.info("[%s] %s", task, {k: round(v, 4) for k, v in metrics.items() if k.split("/")[-1] in ("mean", "weighted")
                                    or k == "valid_rate"})
@@ -115,9 +113,9 @@ def evaluate_task(module, datamodule, task: str, num_figure_images: int = 8):
         return {key: metrics}, rows, None
     if key == "vindr_identify":
         metrics = vindr_identify_metrics(rows)
-        baseline = mean_box_baseline(datamodule.train_findings(), rows)
+        baseline = mean_box_baseline(train_findings, rows)
         metrics.update({f"baseline/{k}": v for k, v in baseline.items() if k.startswith("acc@")})
-        figure = box_figure(rows, datamodule, num_figure_images)
+        figure = box_figure(rows, data, num_figure_images)
     else:
         metrics = vindr_vqa_metrics(rows)
         figure = None
@@ -128,39 +126,27 @@ def evaluate_task(module, datamodule, task: str, num_figure_images: int = 8):
     return {key: metrics}, rows, figure
 
 
-def load_record_image(rec, windowing: str = "dicom") -> tuple[np.ndarray, float, float]:
-    """The picture of a record and the factors that scale its pixel boxes onto it: the DICOM at
-    its original size when ``rec.path`` exists, else the prepared cache image ``rec.image``
-    (resized; boxes scale by its size over the original ``width`` / ``height``)."""
-    if Path(rec.path).is_file() or not getattr(rec, "image", None):
-        return load_dicom_uint8(rec.path, windowing=windowing), 1.0, 1.0
-    with Image.open(rec.image) as im:
-        img = np.asarray(im.convert("L"))
-    return img, img.shape[1] / rec.width, img.shape[0] / rec.height
-
-
 def box_figure(rows: list[dict], datamodule, n: int):
     """Ground truth (green) and predictions (red) on the first ``n`` abnormal test images, at the
     original resolution (or on the prepared cache image when the DICOM is not there)."""
     from medgrounder.core.boxes import from_grid
 
-    records = {r.image_id: r for r in datamodule.records["test"]}
     panels = []
     for row in rows:
         if len(panels) >= n:
             break
         if not row["gt_boxes"]:
             continue
-        rec = records[row["image_id"]]
-        img, sx, sy = load_record_image(rec, datamodule.windowing)
+        img, sx, sy = datamodule.picture(row["image_id"])
+        width, height = row["image_width"], row["image_height"]
 
         def scaled(box, sx=sx, sy=sy):
             return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
         parsed = parse_identify(row["prediction"])
-        pred = [(name, scaled(from_grid(box, rec.width, rec.height))) for name, box in parsed.findings]
+        pred = [(name, scaled(from_grid(box, width, height))) for name, box in parsed.findings]
         gt = [(b[0], scaled(b[1:])) for b in row["gt_boxes"]]
-        panels.append(draw_boxes(img, gt, pred, title=rec.image_id[:12]))
+        panels.append(draw_boxes(img, gt, pred, title=row["image_id"][:12]))
     return panels or None
 
 
@@ -171,7 +157,7 @@ def refer_box_figure(rows: list[dict], datamodule, n: int):
 
     panels = []
     for row in rows[:n]:
-        img, sx, sy = datamodule.figure_image(row["image_id"])
+        img, sx, sy = datamodule.picture(row["image_id"])
         w, h = row["image_width"], row["image_height"]
 
         def scaled(box, sx=sx, sy=sy):

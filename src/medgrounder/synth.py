@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import math
-import shutil
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -473,17 +472,6 @@ def _write_kaggle_csv(out: Path, plans: list[_ImagePlan], readers) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(KAGGLE_HEADER)
         writer.writerows(rows)
-
-
-def write_complete(root: str | Path, write, **kwargs) -> None:
-    """``write(folder, **kwargs)`` into a temporary sibling of ``root``, renamed to ``root`` at the
-    end: an interrupted run leaves no half-written dataset where a datamodule would find it."""
-    root = Path(root)
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp, **kwargs)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(root)
 
 
 def synth_vindr(out: str | Path, n: int, seed: int, test_frac: float = 0.2, min_side: int = 256,

@@ -214,8 +214,9 @@ def cache_key(encoder_cfg: dict, settings: dict, data_root: str, seed: int) -> s
 
 def load_or_pretrain(encoder: nn.Module, data: Callable[[], Any], settings: dict, cache_dir: str | Path,
                      key: str, seed: int) -> Path:
-    """Load the pretrained towers of ``key`` from ``cache_dir``, or pretrain them on the training
-    split of ``data()`` (a set-up datamodule, asked for only then) and cache them (written to a
+    """Load the pretrained towers of ``key`` from ``cache_dir``, or pretrain them on the boxed
+    training images of ``data()`` (a set-up datamodule, asked for only then,
+    :meth:`~medgrounder.data.base.GroundingDataModule.boxed_training_images`) and cache them (written to a
     temporary name, then renamed). ``settings``: :func:`pretrain_towers` keyword arguments. The
     towers keep their ``requires_grad`` flags."""
     trainable = [p.requires_grad for p in encoder.parameters()]
@@ -223,14 +224,10 @@ def load_or_pretrain(encoder: nn.Module, data: Callable[[], Any], settings: dict
     if path.is_file():
         log.info("pretrained tiny towers: %s", path)
     else:
-        datamodule = data()
-        if hasattr(datamodule, "tower_pretraining_data"):  # MS-CXR (alone or in a multi-task datamodule)
-            images, records, classes = datamodule.tower_pretraining_data()
-        else:  # VinDr: the [identify] training images (those with findings, as LiteGPT's stage 1)
-            samples = datamodule.samples("train", "identify")
-            images = datamodule.images["train"][torch.tensor([s.index for s in samples])]
-            records, classes = [s.record for s in samples], LOCAL_LABELS
-        losses = pretrain_towers(encoder, images, records, seed=seed, classes=classes, **settings)
+        boxed = data().boxed_training_images()
+        if boxed is None:
+            raise ValueError("tower pretraining needs training images with boxes; this data has none")
+        losses = pretrain_towers(encoder, boxed.images, boxed.records, seed=seed, classes=boxed.classes, **settings)
         log.info("tiny towers pretrained: loss %.4f -> %.4f (mean of the last 50 steps)",
                  float(np.mean(losses[:10])), float(np.mean(losses[-50:])))
         path.parent.mkdir(parents=True, exist_ok=True)
