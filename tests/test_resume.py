@@ -1,5 +1,6 @@
 """Schedules and exact resume: the training stream sampler, a run SIGKILLed mid-epoch (twice)
-and re-run with the same command ending bit for bit like an uninterrupted one, two stages as two
+and re-run with the same command ending bit for bit like an uninterrupted one (VinDr; and a
+PFMVG [refer] stage), two stages as two
 commands equal to one, and the start-up checks of the stage settings."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import compose_train, tiny_run_overrides, train_cli
+from helpers import compose_train, pfmvg_overrides, tiny_run_overrides, train_cli
 from medgrounder.data.sampler import StreamSampler, shuffled
 from medgrounder.train import check_run_dir, run, run_identity, validate
 
@@ -112,6 +113,34 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(synth_vindr_r
     ids = json.loads((killed / "wandb_ids.json").read_text())
     assert len(list((killed / "wandb").glob("offline-run-*"))) == 4
     assert all(len(list((killed / "wandb").glob(f"offline-run-*-{i}"))) == 2 for i in ids.values())
+
+
+@pytest.mark.slow
+def test_killed_pfmvg_stage_resumes_bitwise(synth_pfmvg_dir, tmp_path):
+    """[refer] (11 batches an epoch, validated at its end) SIGKILLed at step 14, resumed from the
+    checkpoint of step 12 (epoch 1, batch 1: crops and instructions of the second pass), ends with the weights,
+    metrics and predictions of an uninterrupted run; attention dropout makes them depend on the
+    restored RNG too."""
+    args = [*pfmvg_overrides(synth_pfmvg_dir), "run_stages=[refer]", "stages.refer.max_steps=16",
+            "checkpointing.every_n_train_steps=3", "trainer.limit_val_batches=1",
+            "+model.llm.config.attention_dropout=0.2"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = train_cli([*args, f"hydra.run.dir={whole}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = train_cli([*args, f"hydra.run.dir={killed}", "+callbacks.kill._target_=probes.KillAtStep",
+                       "+callbacks.kill.task=refer", "+callbacks.kill.step=14"])
+    assert first.returncode == -9, first.stderr[-3000:]
+    state = torch.load(killed / "checkpoints" / "resume" / "refer" / "last.ckpt", map_location="cpu",
+                       weights_only=True)
+    assert state["global_step"] == 12 and state["MultiTaskDataModule"] == {
+        "task": "refer", "samples": 12 * 2, "global_batch": 2, "epoch_batches": 11}
+    again = train_cli([*args, f"hydra.run.dir={killed}"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stage refer: resuming" in again.stdout + again.stderr
+    a, b = _weights(whole / "checkpoints" / "refer.pt"), _weights(killed / "checkpoints" / "refer.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("metrics.json", "predictions.jsonl"):
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
 
 
 # ------------------------------------------------------------------ stages as separate commands
