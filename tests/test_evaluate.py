@@ -11,7 +11,6 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -213,9 +212,10 @@ def test_box_figure_falls_back_to_the_cached_image(synth_vindr_root, tmp_path):
     assert Path(rec.image).is_file()
     gone = replace(rec, path=str(tmp_path / "moved" / "x.dicom"))
     name, box = rec.findings[0]
-    row = {"image_id": rec.image_id, "gt_boxes": [[name, *box]],
+    row = {"image_id": rec.image_id, "gt_boxes": [[name, *box]], "image_width": rec.width, "image_height": rec.height,
            "prediction": identify_answer([(name, to_grid(box, rec.width, rec.height))])}
-    panels = box_figure([row], SimpleNamespace(records={"test": [gone]}, windowing=dm.windowing), 1)
+    dm.records["test"] = [gone]
+    panels = box_figure([row], dm, 1)
     assert panels and panels[0].size == (64, 64)  # the cache image, not the original size
     px = np.asarray(panels[0]).astype(int)
     red = (px[..., 0] > 180) & (px[..., 1] < 80) & (px[..., 2] < 80)
@@ -225,5 +225,6 @@ def test_box_figure_falls_back_to_the_cached_image(synth_vindr_root, tmp_path):
         r, c = min(round(y), 63), min(round(x), 63)
         assert red[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].any(), (x, y)
     # With the DICOM present, the original resolution is drawn.
-    full = box_figure([row], SimpleNamespace(records={"test": [rec]}, windowing=dm.windowing), 1)
+    dm.records["test"] = [rec]
+    full = box_figure([row], dm, 1)
     assert full[0].size == (rec.width, rec.height)
