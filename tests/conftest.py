@@ -1,4 +1,5 @@
-"""Shared fixtures: offline hub, a small synthetic VinDr-CXR written once per session. Helpers
+"""Shared fixtures: offline hub, a small synthetic VinDr-CXR and PFMVG data (caption corpora and
+MS-CXR) written once per session. Helpers
 that tests import live in ``tests/helpers.py``."""
 
 from __future__ import annotations
@@ -20,3 +21,15 @@ def synth_vindr_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("vindr") / "synthetic_vindr"
     synth_vindr(str(root), n=40, seed=3)
     return root
+
+
+@pytest.fixture(scope="session")
+def synth_pfmvg_dir(tmp_path_factory):
+    """``paths.data_dir`` holding the tiny caption corpora and MS-CXR of :func:`helpers.pfmvg_overrides`."""
+    from hydra.utils import instantiate
+
+    from helpers import compose_train, pfmvg_overrides
+
+    data_dir = tmp_path_factory.mktemp("pfmvg")
+    instantiate(compose_train([*pfmvg_overrides(data_dir), "paths.output_dir=."]).data).prepare_data()
+    return data_dir

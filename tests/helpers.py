@@ -1,5 +1,5 @@
 """Test helpers: the real train config composed as the command line would, a tiny run's
-overrides, the train command in a fresh process, and image references."""
+overrides (VinDr and PFMVG), the train command in a fresh process, and image references."""
 
 from __future__ import annotations
 
@@ -34,6 +34,27 @@ def tiny_run_overrides(root, out_dir) -> list[str]:
         "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false",
         "num_figure_images=2",
+    ]
+
+
+def pfmvg_overrides(data_dir) -> list[str]:
+    """The PFMVG demo at its smallest: a few dozen training samples per stage, batch 2, no tower
+    pretraining, short answers, nothing logged to W&B."""
+    return [
+        "+experiment=pfmvg_demo",
+        f"paths.data_dir={data_dir}",
+        "data.tasks.caption.synth.n=12",
+        "data.tasks.refer.synth.n=24",
+        "data.tasks.caption.batch_size=2",
+        "data.tasks.refer.batch_size=2",
+        "data.tasks.refer.eval_batch_size=8",
+        "data.tasks.refer.decode_workers=1",
+        "tower_pretraining=null",
+        "model.max_new_tokens=4",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "logger.wandb.mode=disabled",
+        "num_figure_images=1",
     ]
 
 

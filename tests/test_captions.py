@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from medgrounder.data.captions.datamodule import CaptionDataModule, MixtureSampler
+from medgrounder.data.captions.datamodule import CaptionDataModule
 from medgrounder.data.captions.sources import (
     ImageCLEF2022Captions,
     MimicReports,
     RocoCaptions,
+    mixture,
     report_sections,
 )
 from medgrounder.data.captions.synth import clef_caption, mimic_report, roco_caption, synth_captions
@@ -128,17 +129,16 @@ def test_mimic_reads_split_csv_reports_and_images(corpora, tmp_path):
 
 
 def test_mixture_follows_weight_times_size_and_is_deterministic():
-    sampler = MixtureSampler([100, 300, 0], [2.0, 1.0, 5.0], samples_per_epoch=5000, seed=0)
-    keys = list(sampler)
+    passes = mixture([100, 300, 0], [2.0, 1.0, 5.0], samples_per_pass=5000, seed=0)
+    keys = passes(0)
     share = Counter(s for s, _, _ in keys)
     assert share[2] == 0 and abs(share[0] / 5000 - 0.4) < 0.03  # 2 x 100 vs 1 x 300
     first_source0 = [i for s, i, _ in keys if s == 0][:100]
     assert sorted(first_source0) == list(range(100))  # every item before any repeats
-    sampler.set_epoch(0)
-    assert list(sampler) == keys
-    assert list(sampler) != keys  # the next epoch
+    assert passes(0) == keys
+    assert passes(1) != keys and {k for _, _, k in passes(1)} == {1}  # the next pass
     with pytest.raises(ValueError, match="no caption source"):
-        MixtureSampler([0, 10], [1.0, 0.0], 10, 0)
+        mixture([0, 10], [1.0, 0.0], 10, 0)
 
 
 @pytest.fixture(scope="module")

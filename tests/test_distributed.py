@@ -1,5 +1,5 @@
 """Distributed training: ``trainer=ddp`` with 2 CPU processes (gloo) trains on disjoint shards of
-the stream and evaluates every test sample once; the FSDP / DeepSpeed / SLURM configs compose and
+the stream (VinDr, and both PFMVG stages) and evaluates every test sample once; the FSDP / DeepSpeed / SLURM configs compose and
 build; each rank finds its own GPU."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from helpers import compose_train, train_cli
-from medgrounder.data.sampler import StreamSampler
+from helpers import compose_train, pfmvg_overrides, train_cli
+from medgrounder.data.sampler import StreamSampler, shuffled
 from medgrounder.models.llm import local_rank
 
 
@@ -42,10 +42,10 @@ def test_ddp_two_cpu_processes_train_and_evaluate(synth_vindr_root, tmp_path):
     dm.setup()
     for task in ("identify", "vqa"):
         ids = [f"{s.record.image_id}:{task}" for s in dm.samples("train", task)]
-        stream = StreamSampler(len(ids), batch_size=2, seed=0, world_size=2)
+        stream = StreamSampler(shuffled(len(ids), seed=0), batch_size=2, world_size=2)
         for (t, step), by_rank in seen.items():
             if t == task:
-                assert by_rank[0] + by_rank[1] == [ids[i] for i in stream.global_batch_indices(step)], (task, step)
+                assert by_rank[0] + by_rank[1] == [ids[i] for i in stream.global_batch_keys(step)], (task, step)
                 assert not set(by_rank[0]) & set(by_rank[1])
 
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
@@ -55,6 +55,44 @@ def test_ddp_two_cpu_processes_train_and_evaluate(synth_vindr_root, tmp_path):
         assert len(ids) == len(set(ids)) == metrics[key]["num_samples"] == 8  # the test split, once each
     assert (out / "checkpoints" / "identify.pt").is_file() and (out / "checkpoints" / "vqa.pt").is_file()
     assert json.loads((out / "status.json").read_text())["status"] == "done"
+
+
+@pytest.mark.slow
+def test_ddp_pfmvg_stages_train_on_disjoint_halves_of_one_epoch(synth_pfmvg_dir, tmp_path):
+    """One epoch of each stage (caption mixture, then MS-CXR [refer]) on 2 processes: step b of
+    each rank is its half of global batch b, and the union over the epoch is the epoch one
+    process with the global batch would train on."""
+    out, probe = tmp_path / "run", tmp_path / "batches"
+    args = [*pfmvg_overrides(synth_pfmvg_dir), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+            "trainer.precision=32-true", "stages.caption.max_epochs=1", "stages.caption.max_steps=-1",
+            "stages.refer.max_epochs=1", "stages.refer.max_steps=-1", "trainer.limit_val_batches=0",
+            f"hydra.run.dir={out}", "+callbacks.record._target_=probes.RecordBatches", f"+callbacks.record.dir={probe}"]
+    result = train_cli(args)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+    seen: dict[tuple[str, int], dict[int, list[str]]] = defaultdict(dict)
+    for rank in (0, 1):
+        for line in (probe / f"batches_rank{rank}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            assert row["world"] == 2
+            seen[(row["task"], row["step"])][rank] = row["ids"]
+    dm = instantiate(compose_train([*pfmvg_overrides(synth_pfmvg_dir), "paths.output_dir=."]).data)
+    dm.setup()
+    for task in ("caption", "refer"):
+        data = dm.for_task(task)
+        dataset = data.dataset("train")
+        one = StreamSampler(data.training_keys, batch_size=4, whole_passes=True)  # one process, the global batch
+        epoch = [dataset[k]["meta"]["id"] for k in one]
+        steps = sorted(s for t, s in seen if t == task)
+        assert steps == list(range(len(epoch) // 4)) and len(steps) > 3
+        for step in steps:
+            by_rank = seen[(task, step)]
+            assert by_rank[0] + by_rank[1] == epoch[step * 4 : (step + 1) * 4], (task, step)
+            assert not set(by_rank[0]) & set(by_rank[1])
+        assert sorted(i for s in steps for r in (0, 1) for i in seen[(task, s)][r]) == sorted(epoch)
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    ids = [r["id"] for r in rows if r["task"] == "refer"]
+    assert len(ids) == len(set(ids)) == len(dm.for_task("refer").samples("test"))  # the test split, once each
 
 
 def _compose(overrides):

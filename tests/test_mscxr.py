@@ -402,3 +402,22 @@ def test_missing_images_are_named(mscxr_root, tmp_path):
     dm = MSCXRDataModule(str(mscxr_root), image_root=str(tmp_path), image_size=64, decode_workers=1)
     with pytest.raises(FileNotFoundError, match=r"MS-CXR images are missing under image_root=.*files/p"):
         dm.setup()
+
+
+def test_iters_per_epoch_continues_the_stream_and_targets_hold_every_box(datamodule):
+    n = len(datamodule.samples("train"))
+    datamodule.set_task("refer", iters_per_epoch=3)
+    try:
+        loader = datamodule.train_dataloader()
+        epochs = [[m["id"] for b in loader for m in b["meta"]] for _ in range(2)]
+    finally:
+        datamodule.set_task("refer")
+    order = [datamodule.samples("train")[i].sample_id for k in range(2)
+             for i in np.random.default_rng([0, k]).permutation(n)]
+    assert [len(e) for e in epochs] == [12, 12] and epochs[0] + epochs[1] == order[:24]
+    targets = datamodule.targets("train")
+    assert [t.text for t in targets] == [s.label_text for s in datamodule.samples("train")]
+    assert sum(len(t.findings) for t in targets) == sum(len(s.boxes) for s in datamodule.samples("train"))
+    assert datamodule.for_task("refer") is datamodule and datamodule.fixed_training_images() is None
+    img, sx, _ = datamodule.picture(targets[0].image_id)
+    assert img.shape == (96, 96) and sx == 96 / targets[0].width

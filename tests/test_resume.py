@@ -1,5 +1,6 @@
 """Schedules and exact resume: the training stream sampler, a run SIGKILLed mid-epoch (twice)
-and re-run with the same command ending bit for bit like an uninterrupted one, two stages as two
+and re-run with the same command ending bit for bit like an uninterrupted one (VinDr; and a
+PFMVG [refer] stage), two stages as two
 commands equal to one, and the start-up checks of the stage settings."""
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import compose_train, tiny_run_overrides, train_cli
-from medgrounder.data.sampler import StreamSampler
+from helpers import compose_train, pfmvg_overrides, tiny_run_overrides, train_cli
+from medgrounder.data.sampler import StreamSampler, shuffled
 from medgrounder.train import check_run_dir, run, run_identity, validate
 
 
@@ -26,31 +27,31 @@ def one_thread():
 
 # ------------------------------------------------------------------ the stream sampler
 def test_stream_epochs_continue_the_stream_and_each_pass_is_a_permutation():
-    s = StreamSampler(n=10, batch_size=3, seed=7, epoch_batches=4)
+    s = StreamSampler(shuffled(10, seed=7), batch_size=3, epoch_batches=4)
     first, second = list(s), list(s)
     assert len(first) == len(s) == 12
     stream = first + second  # 24 positions: passes 0, 1 and part of 2
     assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))
     assert stream[:10] != stream[10:20]  # each pass reshuffled
-    assert StreamSampler(n=10, batch_size=3, seed=8, epoch_batches=4).permutation(0).tolist() != stream[:10]
+    assert shuffled(10, seed=8)(0) != stream[:10]
     # without iters_per_epoch an epoch is the batches that fit in one pass
-    assert len(StreamSampler(n=10, batch_size=3, seed=7)) == 9
+    assert len(StreamSampler(shuffled(10, seed=7), batch_size=3)) == 9
 
 
 def test_stream_is_sharded_over_ranks():
     world, batch = 3, 2
-    ranks = [list(StreamSampler(n=17, batch_size=batch, seed=1, epoch_batches=5, rank=r, world_size=world))
+    ranks = [list(StreamSampler(shuffled(17, seed=1), batch_size=batch, epoch_batches=5, rank=r, world_size=world))
              for r in range(world)]
-    single = list(StreamSampler(n=17, batch_size=batch * world, seed=1, epoch_batches=5))
+    single = list(StreamSampler(shuffled(17, seed=1), batch_size=batch * world, epoch_batches=5))
     for b in range(5):  # global batch b = rank 0's slice, then rank 1's, ...
         assert [i for r in ranks for i in r[b * batch : (b + 1) * batch]] == single[b * batch * world : (b + 1) * batch * world]
     assert len(set(single[:17])) == 17  # one pass: no sample twice, on any rank
 
 
 def test_stream_resumes_at_any_batch():
-    full = StreamSampler(n=9, batch_size=2, seed=3, epoch_batches=4)
+    full = StreamSampler(shuffled(9, seed=3), batch_size=2, epoch_batches=4)
     epochs = [list(full) for _ in range(3)]
-    resumed = StreamSampler(n=9, batch_size=2, seed=3, epoch_batches=4, start=6)  # epoch 1, batch 2
+    resumed = StreamSampler(shuffled(9, seed=3), batch_size=2, epoch_batches=4, start=6)  # epoch 1, batch 2
     assert list(resumed) == epochs[1][4:]  # the rest of epoch 1
     assert list(resumed) == epochs[2]      # then whole epochs
     assert resumed.epoch_begin == 8
@@ -112,6 +113,34 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(synth_vindr_r
     ids = json.loads((killed / "wandb_ids.json").read_text())
     assert len(list((killed / "wandb").glob("offline-run-*"))) == 4
     assert all(len(list((killed / "wandb").glob(f"offline-run-*-{i}"))) == 2 for i in ids.values())
+
+
+@pytest.mark.slow
+def test_killed_pfmvg_stage_resumes_bitwise(synth_pfmvg_dir, tmp_path):
+    """[refer] (11 batches an epoch, validated at its end) SIGKILLed at step 14, resumed from the
+    checkpoint of step 12 (epoch 1, batch 1: crops and instructions of the second pass), ends with the weights,
+    metrics and predictions of an uninterrupted run; attention dropout makes them depend on the
+    restored RNG too."""
+    args = [*pfmvg_overrides(synth_pfmvg_dir), "run_stages=[refer]", "stages.refer.max_steps=16",
+            "checkpointing.every_n_train_steps=3", "trainer.limit_val_batches=1",
+            "+model.llm.config.attention_dropout=0.2"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = train_cli([*args, f"hydra.run.dir={whole}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = train_cli([*args, f"hydra.run.dir={killed}", "+callbacks.kill._target_=probes.KillAtStep",
+                       "+callbacks.kill.task=refer", "+callbacks.kill.step=14"])
+    assert first.returncode == -9, first.stderr[-3000:]
+    state = torch.load(killed / "checkpoints" / "resume" / "refer" / "last.ckpt", map_location="cpu",
+                       weights_only=True)
+    assert state["global_step"] == 12 and state["MultiTaskDataModule"] == {
+        "task": "refer", "samples": 12 * 2, "global_batch": 2, "epoch_batches": 11}
+    again = train_cli([*args, f"hydra.run.dir={killed}"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stage refer: resuming" in again.stdout + again.stderr
+    a, b = _weights(whole / "checkpoints" / "refer.pt"), _weights(killed / "checkpoints" / "refer.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("metrics.json", "predictions.jsonl"):
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
 
 
 # ------------------------------------------------------------------ stages as separate commands

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from helpers import compose_train
-from medgrounder.core.labels import LOCAL_INDEX
+from medgrounder.core.labels import LOCAL_INDEX, LOCAL_LABELS
+from medgrounder.data.base import BoxedImage, BoxedImages
 from medgrounder.models.encoders import FusedTowers, HFCLIPVision, TimmViT
 from medgrounder.models.tower_pretraining import (
     box_targets,
@@ -123,10 +124,8 @@ def test_pretraining_learns_where_findings_are_and_restores_flags():
 
 def test_cache_is_reused_and_keeps_requires_grad(tmp_path):
     images, records = _bright_square_data()
-    dm = SimpleNamespace(
-        samples=lambda split, task: [SimpleNamespace(index=i, record=r) for i, r in enumerate(records)],
-        images={"train": images},
-    )
+    boxed = BoxedImages(images, [BoxedImage(r.width, r.height, tuple(r.findings)) for r in records], LOCAL_LABELS)
+    dm = SimpleNamespace(boxed_training_images=lambda: boxed)
     settings = {"steps": 5, "lr": 1e-3, "warmup_steps": 1, "batch_size": 8}
     first = _tiny_encoder()
     first.requires_grad_(False)
@@ -134,7 +133,7 @@ def test_cache_is_reused_and_keeps_requires_grad(tmp_path):
     assert path.is_file() and not any(p.requires_grad for p in first.parameters())
     second = _tiny_encoder()  # same random init; the cache, not training, must give it the weights
     before = {k: v.clone() for k, v in second.state_dict().items()}
-    dm.samples = None  # a second pretraining would fail: the cache must be used
+    dm.boxed_training_images = None  # a second pretraining would fail: the cache must be used
     load_or_pretrain(second, lambda: dm, settings, tmp_path, "k", seed=0)
     assert all(p.requires_grad for p in second.parameters())
     after = second.state_dict()

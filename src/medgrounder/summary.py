@@ -62,7 +62,7 @@ def summarize(cfg: DictConfig) -> dict:
     with torch.device("meta"):
         encoder = instantiate(encoder_cfg)
     encoder.requires_grad_(encoder_trains)
-    tower_modules = list(encoder.towers) if hasattr(encoder, "towers") else [encoder]
+    tower_modules = list(encoder.towers)
     tower_names = list(encoder_cfg["towers"]) if "towers" in encoder_cfg else [encoder_cfg["_target_"].rsplit(".", 1)[-1]]
     towers = []
     for name, tower in zip(tower_names, tower_modules, strict=True):

@@ -56,7 +56,9 @@ IDENTITY_KEYS = ("model", "data", "stages", "seed", "tower_pretraining")
 # ... except these, which change speed or where caches live, not results.
 NOT_IDENTITY = ("data.num_workers", "data.decode_workers", "tower_pretraining.cache_dir")
 
-# The datamodule restores the training stream's position itself (VinDrDataModule.state_dict).
+# Lightning warns of a mid-epoch resume unless the DataLoader itself has a state_dict; here the
+# datamodule holds the training stream's position and resumes it exactly (data/base.py), for
+# every dataset, so the warning would be wrong.
 warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
 
 
@@ -128,6 +130,8 @@ def validate(cfg: DictConfig) -> None:
     for _, name, scfg in selected_stages(cfg):
         if scfg.get("init_from"):
             resolve_init_from(scfg.init_from, f"stages.{name}.init_from")
+    # Every datamodule shards its training stream and validation over ranks itself
+    # (data/base.py); Lightning's DistributedSampler would replace the resumable stream.
     if cfg.trainer.get("use_distributed_sampler"):
         raise ValueError("trainer.use_distributed_sampler must be false: the datamodule shards the training "
                          "stream over ranks itself (exact resume)")
@@ -339,9 +343,9 @@ def run(cfg: DictConfig) -> dict:
         datamodule.prepare_data()
     datamodule.setup("fit")
     pretrain_configured_towers(cfg, module, lambda: datamodule)
-    if module.cache_frozen_features and hasattr(datamodule, "fixed_training_images") and \
-            any(p != "done" for p in plan.values()):
-        module.cache_features(datamodule.fixed_training_images())
+    fixed = datamodule.fixed_training_images() if module.cache_frozen_features else None
+    if fixed is not None and any(p != "done" for p in plan.values()):
+        module.cache_features(fixed)
 
     base_optim = dict(module.optim)
     metrics: dict = {}

@@ -1,5 +1,5 @@
 """Image views for training and evaluation: random crops that move boxes with the image, their
-inverse for evaluation, image decoding into a square cache, and an epoch-seeded sampler.
+inverse for evaluation, image decoding into a square cache, and the seeded generator of each item.
 
 A *view* is a region ``(x1, y1, x2, y2)`` of the original image in original pixels, resized to
 the model's ``S x S`` input (PFMVG section 3.1 trains on random 448 crops; evaluation views the
@@ -12,20 +12,18 @@ right one), the convention of PIL's ``resize(box=...)`` that draws the pixels.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Sampler
 
 from medgrounder.core.boxes import Box
 
 __all__ = [
     "CropSettings",
-    "EpochSampler",
     "View",
     "boxes_into_view",
     "item_rng",
@@ -153,35 +151,9 @@ def load_square_gray(path: str | Path, size: int) -> np.ndarray:
     return read_square_gray(path, size)[0]
 
 
-class EpochSampler(Sampler):
-    """Yields ``(index, epoch)`` keys over ``n`` items: a seeded permutation per epoch (or the
-    identity with ``shuffle=False``). Datasets draw their per-item randomness (crop, instruction)
-    from ``(seed, epoch, index)``, so a run is reproducible whatever ``num_workers`` is.
-
-    Lightning calls :meth:`set_epoch` before each epoch; without it every ``__iter__`` moves to the
-    next epoch."""
-
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
-        self.n = n
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        self.epoch += 1
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else range(self.n)
-        return iter([(int(i), epoch) for i in order])
-
-
 def item_rng(seed: int, epoch: int, index: int, salt: int = 0) -> np.random.Generator:
-    """The generator of one item in one epoch."""
+    """The generator of one item in one pass of the training stream (``epoch``: the pass), so a
+    run is reproducible whatever ``num_workers`` is."""
     return np.random.default_rng([seed, epoch, index, salt])
 
 

@@ -88,6 +88,11 @@ class VisionTower(nn.Module):
     def tower_names(self) -> list[str]:
         return [type(self).__name__]
 
+    @property
+    def towers(self) -> list[VisionTower]:
+        """The towers of this encoder: itself (:class:`FusedTowers` holds several)."""
+        return [self]
+
 
 class TimmViT(VisionTower):
     """A timm ViT. ``[B, 3, S, S] -> [B, (S/p)^2, C]``.

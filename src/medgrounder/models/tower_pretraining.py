@@ -137,10 +137,6 @@ def dense_loss(class_logits: torch.Tensor, coverage: torch.Tensor, box_pred: tor
     return loss
 
 
-def towers_of(encoder: nn.Module) -> list[nn.Module]:
-    return list(encoder.towers) if hasattr(encoder, "towers") else [encoder]
-
-
 def pretrain_towers(encoder: nn.Module, images: torch.Tensor, records: Sequence, steps: int,
                     lr: float = 6e-3, warmup_steps: int = 50, weight_decay: float = 0.05,
                     batch_size: int = 32, seed: int = 0, classes: Sequence[str] = LOCAL_LABELS,
@@ -151,7 +147,7 @@ def pretrain_towers(encoder: nn.Module, images: torch.Tensor, records: Sequence,
     regresses the box of the finding the token lies in; with ``finding_weight > 0`` one classifies
     each finding from the mean of its tokens (:func:`finding_loss`), each term times its weight.
     AdamW, linear warm-up then cosine decay. Returns the loss of each step."""
-    towers = towers_of(encoder)
+    towers = list(encoder.towers)
     sides = [math.isqrt(t.num_tokens) for t in towers]
     coverage = [torch.from_numpy(np.stack([coverage_targets(r.findings, r.width, r.height, s, classes)
                                            for r in records])) for s in sides]
@@ -214,8 +210,9 @@ def cache_key(encoder_cfg: dict, settings: dict, data_root: str, seed: int) -> s
 
 def load_or_pretrain(encoder: nn.Module, data: Callable[[], Any], settings: dict, cache_dir: str | Path,
                      key: str, seed: int) -> Path:
-    """Load the pretrained towers of ``key`` from ``cache_dir``, or pretrain them on the training
-    split of ``data()`` (a set-up datamodule, asked for only then) and cache them (written to a
+    """Load the pretrained towers of ``key`` from ``cache_dir``, or pretrain them on the boxed
+    training images of ``data()`` (a set-up datamodule, asked for only then,
+    :meth:`~medgrounder.data.base.GroundingDataModule.boxed_training_images`) and cache them (written to a
     temporary name, then renamed). ``settings``: :func:`pretrain_towers` keyword arguments. The
     towers keep their ``requires_grad`` flags."""
     trainable = [p.requires_grad for p in encoder.parameters()]
@@ -223,14 +220,10 @@ def load_or_pretrain(encoder: nn.Module, data: Callable[[], Any], settings: dict
     if path.is_file():
         log.info("pretrained tiny towers: %s", path)
     else:
-        datamodule = data()
-        if hasattr(datamodule, "tower_pretraining_data"):  # MS-CXR (alone or in a multi-task datamodule)
-            images, records, classes = datamodule.tower_pretraining_data()
-        else:  # VinDr: the [identify] training images (those with findings, as LiteGPT's stage 1)
-            samples = datamodule.samples("train", "identify")
-            images = datamodule.images["train"][torch.tensor([s.index for s in samples])]
-            records, classes = [s.record for s in samples], LOCAL_LABELS
-        losses = pretrain_towers(encoder, images, records, seed=seed, classes=classes, **settings)
+        boxed = data().boxed_training_images()
+        if boxed is None:
+            raise ValueError("tower pretraining needs training images with boxes; this data has none")
+        losses = pretrain_towers(encoder, boxed.images, boxed.records, seed=seed, classes=boxed.classes, **settings)
         log.info("tiny towers pretrained: loss %.4f -> %.4f (mean of the last 50 steps)",
                  float(np.mean(losses[:10])), float(np.mean(losses[-50:])))
         path.parent.mkdir(parents=True, exist_ok=True)

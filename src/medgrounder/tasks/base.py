@@ -61,6 +61,10 @@ class Task:
     instructions: ClassVar[tuple[str, ...]]
     #: whether the instruction carries a phrase of the sample (``target.text``)
     takes_phrase: ClassVar[bool] = False
+    #: whether the answer locates findings with boxes (``target.findings``)
+    localizes: ClassVar[bool] = False
+    #: whether the answer names the global labels (``target.labels``)
+    needs_labels: ClassVar[bool] = False
     #: the fields :meth:`score` reads from a ``predictions.jsonl`` row
     row_fields: ClassVar[tuple[str, ...]] = ("prediction", "reference")
     #: whether :meth:`score` applies to rows of any task (text metrics do)

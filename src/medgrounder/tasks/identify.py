@@ -203,6 +203,7 @@ class Identify(Task):
     name = "identify"
     metric_key = "vindr_identify"
     instructions = (INSTRUCTION,)
+    localizes = True
     row_fields = ("prediction", "reference", "image_width", "image_height")
     sweep_columns = ("valid_rate", "acc@0.3", "acc@0.5", "text/rouge1")
     summary_keys = ("num_samples", "valid_rate", "num_gt", "num_pred")

@@ -127,6 +127,7 @@ class Refer(Task):
     metric_key = "mscxr_refer"
     instructions = REFER_INSTRUCTIONS
     takes_phrase = True
+    localizes = True
     row_fields = ("prediction", "category", "gt_boxes", "image_width", "image_height")
     summary_keys = ("num_samples", "valid_rate")
     draws_figure = True

@@ -98,6 +98,7 @@ class Vqa(Task):
     name = "vqa"
     metric_key = "vindr_vqa"
     instructions = (INSTRUCTION,)
+    needs_labels = True
     sweep_columns = ("valid_rate", "global/micro/f1", "global/macro/f1")
     summary_keys = ("num_samples", "valid_rate", "finding/accuracy", *_BINARY)
 

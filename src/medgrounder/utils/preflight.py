@@ -1,5 +1,6 @@
 """Start-up checks: a run without its data or weights stops before any work, saying what is
-missing, where it was looked for and where to get it."""
+missing, where it was looked for and where to get it. Each datamodule (and caption source)
+declares its own inputs (``missing_inputs``); the weights are checked here."""
 
 from __future__ import annotations
 
@@ -8,32 +9,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from medgrounder.data.captions.layout import MIMIC_SPLIT_CSV
-from medgrounder.data.mscxr.layout import MSCXR_CSV
-from medgrounder.data.vindr.layout import PHYSIONET_FILES
-from medgrounder.data.vindr.prepared import is_prepared
-
-SOURCES = {
-    "vindr": "VinDr-CXR 1.0.0 from https://physionet.org/content/vindr-cxr/1.0.0/ "
-    "(credentialed access); set paths.vindr_root=DIR or VINDR_ROOT",
-    "mscxr": "MS-CXR from https://physionet.org/content/ms-cxr/ with the MIMIC-CXR-JPG images "
-    "(https://physionet.org/content/mimic-cxr-jpg/, credentialed access); set paths.mscxr_root / MSCXR_ROOT "
-    "(the csv) and paths.mimic_cxr_jpg_root / MIMIC_CXR_JPG_ROOT (the folder holding files/)",
-    "roco": "ROCO (radiology subset) from https://github.com/razorx89/roco-dataset; set paths.roco_root / ROCO_ROOT "
-    "to the folder holding data/",
-    "clef2022": "ImageCLEFmedical 2022 caption prediction (https://www.imageclef.org/2022/medical/caption, "
-    "registration); set paths.clef2022_root / CLEF2022_ROOT to the folder holding caption_prediction_*.csv",
-    "mimic": "MIMIC-CXR reports (https://physionet.org/content/mimic-cxr/) and MIMIC-CXR-JPG "
-    "(https://physionet.org/content/mimic-cxr-jpg/), credentialed access; set paths.mimic_cxr_jpg_root / "
-    "MIMIC_CXR_JPG_ROOT and paths.mimic_cxr_reports_root / MIMIC_CXR_REPORTS_ROOT",
-}
-# Data modules of this suite by _target_ (or data.dataset); multitask holds one per task.
-DATA_MODULES = {
-    "medgrounder.data.vindr.datamodule.VinDrDataModule": "vindr",
-    "medgrounder.data.mscxr.datamodule.MSCXRDataModule": "mscxr",
-    "medgrounder.data.captions.datamodule.CaptionDataModule": "captions",
-    "medgrounder.data.multitask.MultiTaskDataModule": "multitask",
-}
 # Weight files (not hub repositories): config key suffix -> where to get them.
 WEIGHT_FILES = {
     "checkpoint": "BLIP-2's EVA ViT-g: https://storage.googleapis.com/sfr-vision-language-research/"
@@ -97,54 +72,11 @@ def _check_file(key: str, ref: str, kind: str) -> str | None:
     return f"{key}: weights file {path.resolve()} does not exist. Get {WEIGHT_FILES[kind]}."
 
 
-def _check_sources(sources: DictConfig) -> list[str]:
-    """Caption sources: each corpus's folder (or split csv) must exist."""
-    problems = []
-    for name, src in sources.items():
-        target = str(src.get("_target_", ""))
-        kind = "roco" if target.endswith("RocoCaptions") else "clef2022" if "CLEF" in target else "mimic"
-        marker = Path(src.root) / {"roco": "data", "clef2022": "", "mimic": src.get("split_csv") or MIMIC_SPLIT_CSV}[kind]
-        if not marker.exists() and not marker.with_name(marker.name + ".gz").is_file():
-            problems.append(f"data caption source {name}: {marker.resolve()} does not exist. Get {SOURCES[kind]}.")
-    return problems
-
-
 def _check_data(data: DictConfig) -> list[str]:
-    if data.get("synth"):
-        return []
-    dataset = data.get("dataset") or DATA_MODULES.get(str(data.get("_target_", "")), "vindr")
-    if dataset == "multitask":
-        return [p for task in data.tasks.values() for p in _check_data(task)]
-    if dataset == "captions":
-        return _check_sources(data.sources)
-    root = Path(data.root)
-    problems = []
-    if dataset == "mscxr":
-        csv_name = data.get("csv_name") or MSCXR_CSV
-        if not (root / csv_name).is_file():
-            problems.append(f"data.root={root.resolve()} lacks {csv_name}. Get {SOURCES['mscxr']}.")
-        image_root = Path(data.get("image_root") or root)
-        if not (image_root / "files").is_dir():
-            problems.append(f"MS-CXR images: {(image_root / 'files').resolve()} does not exist. Get {SOURCES['mscxr']}.")
-        return problems
-    if dataset == "vindr":
-        # A prepared dir (`python -m medgrounder.prepare vindr`) replaces the raw layout.
-        if not is_prepared(root):
-            missing = [f for f in PHYSIONET_FILES if not (root / f).exists()]
-            if missing:
-                problems.append(
-                    f"data.root={root.resolve()} lacks {', '.join(missing)} (or the annotations.jsonl "
-                    f"of `python -m medgrounder.prepare vindr`). Get {SOURCES['vindr']}."
-                )
-    elif not root.exists():
-        problems.append(f"data.root={root.resolve()} does not exist. Get {SOURCES.get(dataset, dataset)}.")
-    if dataset not in DATA_MODULES.values():
-        problems.append(
-            f"data.dataset={dataset}: this suite has no data module for it yet (available: "
-            f"{', '.join(sorted(DATA_MODULES.values()))}), so this experiment cannot train; its model and "
-            "configuration can be checked with `python -m medgrounder.summary`."
-        )
-    return problems
+    """What the configured datamodule says it lacks (built without loading anything)."""
+    from hydra.utils import instantiate
+
+    return instantiate(data).missing_inputs()
 
 
 def check_inputs(cfg: DictConfig) -> None:

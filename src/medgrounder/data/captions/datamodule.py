@@ -2,7 +2,7 @@
 :mod:`medgrounder.data.captions.sources`) as ``[caption]`` batches.
 
 :class:`CaptionDataModule` samples the training sources in proportion to their ``weight``
-(:class:`MixtureSampler`); each training item is a random crop with an instruction drawn from
+(:func:`mixture`); each training item is a random crop with an instruction drawn from
 :data:`~medgrounder.tasks.caption.CAPTION_INSTRUCTIONS`. Evaluation views whole images with the
 pool's first instruction. Images are read lazily (the corpora are large).
 """
@@ -10,15 +10,15 @@ pool's first instruction. Images are read lazily (the corpora are large).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
+from medgrounder.data.base import GroundingDataModule, crop_settings
 from medgrounder.data.captions.sources import SPLITS, CaptionRecord, CaptionSource
-from medgrounder.data.collate import PromptCollator
+from medgrounder.data.sampler import PassKeys
 from medgrounder.data.views import (
     CropSettings,
     View,
@@ -34,46 +34,34 @@ log = logging.getLogger(__name__)
 CAPTION = get_task("caption")
 
 
-class MixtureSampler(Sampler):
-    """``samples_per_epoch`` keys ``(source, index, epoch)``: each slot's source drawn with
+def mixture(sizes: Sequence[int], weights: Sequence[float], samples_per_pass: int, seed: int) -> PassKeys:
+    """Pass ``k``: ``samples_per_pass`` keys ``(source, index, k)``, each slot's source drawn with
     probability proportional to ``weight x size``, each source's items taken in a seeded
     permutation (cycled), so every item of a source appears before any repeats. Deterministic in
-    ``(seed, epoch)``."""
+    ``(seed, k)``."""
+    w = np.asarray([wt * n for n, wt in zip(sizes, weights, strict=True)], dtype=np.float64)
+    if w.sum() <= 0:
+        raise ValueError(f"no caption source has training samples and a positive weight (sizes {list(sizes)}, "
+                         f"weights {list(weights)})")
+    sizes, p = list(sizes), w / w.sum()
 
-    def __init__(self, sizes: Sequence[int], weights: Sequence[float], samples_per_epoch: int, seed: int):
-        w = np.asarray([wt * n for n, wt in zip(sizes, weights, strict=True)], dtype=np.float64)
-        if w.sum() <= 0:
-            raise ValueError(f"no caption source has training samples and a positive weight (sizes {list(sizes)}, "
-                             f"weights {list(weights)})")
-        self.sizes = list(sizes)
-        self.p = w / w.sum()
-        self.samples_per_epoch = samples_per_epoch
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.samples_per_epoch
-
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        epoch = self.epoch
-        self.epoch += 1
-        rng = np.random.default_rng([self.seed, epoch, 1])
-        picks = rng.choice(len(self.sizes), self.samples_per_epoch, p=self.p)
-        orders = [rng.permutation(n) if n else np.zeros(0, int) for n in self.sizes]
-        used = [0] * len(self.sizes)
-        keys = []
+    def keys(k: int) -> list[tuple[int, int, int]]:
+        rng = np.random.default_rng([seed, k, 1])
+        picks = rng.choice(len(sizes), samples_per_pass, p=p)
+        orders = [rng.permutation(n) if n else np.zeros(0, int) for n in sizes]
+        used = [0] * len(sizes)
+        out = []
         for s in picks:
-            keys.append((int(s), int(orders[s][used[s] % self.sizes[s]]), epoch))
+            out.append((int(s), int(orders[s][used[s] % sizes[s]]), k))
             used[s] += 1
-        return iter(keys)
+        return out
+
+    return keys
 
 
 class CaptionDataset(Dataset):
-    """``[caption]`` items. Training keys ``(source, index, epoch)`` (random crop and
-    instruction from ``(seed, epoch, source, index)``); evaluation keys ``(source, index)`` or a
+    """``[caption]`` items. Training keys ``(source, index, pass)`` (random crop and
+    instruction from ``(seed, pass, source, index)``); evaluation keys ``(source, index)`` or a
     flat index (whole image, the pool's first instruction)."""
 
     def __init__(self, records: list[list[CaptionRecord]], image_size: int, train: bool,
@@ -120,18 +108,19 @@ class CaptionDataset(Dataset):
         }
 
 
-class CaptionDataModule(L.LightningDataModule):
+class CaptionDataModule(GroundingDataModule):
     """The weighted mixture of caption ``sources`` (see the module docstring).
 
     ``sources``: ``{name: CaptionSource}`` (Hydra instantiates them); ``samples_per_epoch``:
-    training items per epoch (default: the training records of all sources); ``eval_limit``:
+    training items per pass (default: the training records of all sources); ``eval_limit``:
     at most this many val / test items per source (a seeded subset; ``null``: all); ``crop``:
     :class:`CropSettings` fields for training views; ``synth``:
-    :func:`medgrounder.data.captions.synth.synth_captions` arguments, to write the synthetic corpora at ``root``
+    :func:`medgrounder.synth.synth_captions` arguments, to write the synthetic corpora at ``root``
     on first use (the sources then point inside it).
     """
 
     tasks = ("caption",)
+    title = "the caption corpora"
 
     def __init__(
         self,
@@ -150,39 +139,26 @@ class CaptionDataModule(L.LightningDataModule):
         synth: dict | None = None,
         task: str = "caption",
     ):
-        super().__init__()
         if not sources:
             raise ValueError("CaptionDataModule needs at least one source")
+        super().__init__(root, tokenizer, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         num_workers=num_workers, seed=seed, synth=synth, task=task)
         self.sources = dict(sources)
-        self.tokenizer = tokenizer
-        self.root = root
         self.image_size = image_size
         self.cache_size = cache_size or image_size
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
         self.samples_per_epoch = samples_per_epoch
         self.eval_limit = eval_limit
-        self.crop = CropSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(crop).items()}) if crop else None
-        self.seed = seed
-        self.synth = dict(synth) if synth else None
-        self.set_task(task)
+        self.crop = crop_settings(crop)
         self.records: dict[str, list[list[CaptionRecord]]] = {}
+        self._mixture: PassKeys | None = None
 
-    def set_task(self, task: str, iters_per_epoch: int | None = None) -> None:
-        if iters_per_epoch is not None:  # the stream sampler with a resumable position is VinDr's
-            raise ValueError("stage iters_per_epoch is not supported for the caption corpora (set it to null)")
-        if task not in self.tasks:
-            raise ValueError(f"the caption corpora serve the task(s) {self.tasks}, got {task!r}")
-        self.task = task
+    def missing_data(self) -> list[str]:
+        return [p for name, source in self.sources.items() for p in source.missing_data(name)]
 
-    def prepare_data(self) -> None:
-        if not self.synth or self.root is None or Path(self.root).is_dir():
-            return
-        from medgrounder.core.io import write_complete
+    def write_synthetic(self, folder: Path) -> None:
         from medgrounder.data.captions.synth import synth_captions
 
-        write_complete(self.root, synth_captions, **self.synth)
+        synth_captions(folder, **self.synth)
 
     def setup(self, stage: str | None = None) -> None:
         if self.records:
@@ -210,29 +186,20 @@ class CaptionDataModule(L.LightningDataModule):
         return CaptionDataset(self.records[split], self.image_size, train, self.crop if train else None, self.seed,
                               self.cache_size)
 
-    def mixture_sampler(self) -> MixtureSampler:
-        sizes = [len(r) for r in self.records["train"]]
-        n = self.samples_per_epoch or sum(sizes)
-        return MixtureSampler(sizes, [s.weight for s in self.sources.values()], n, self.seed)
+    def training_keys(self, k: int) -> list[tuple[int, int, int]]:
+        if self._mixture is None:
+            sizes = [len(r) for r in self.records["train"]]
+            self._mixture = mixture(sizes, [s.weight for s in self.sources.values()],
+                                    self.samples_per_epoch or sum(sizes), self.seed)
+        return self._mixture(k)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset("train"), batch_size=self.batch_size, sampler=self.mixture_sampler(),
-                          num_workers=self.num_workers, collate_fn=PromptCollator(self.tokenizer), drop_last=True)
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.eval_batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=PromptCollator(self.tokenizer))
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
-
-    def test_dataloader(self, task: str | None = None) -> DataLoader:
-        return self._eval_loader("test")
-
-    # ------------------------------------------------------------------ evaluation hooks
-    def for_task(self, task: str) -> CaptionDataModule:
-        return self
-
+    # ------------------------------------------------------------------ what other parts read
     def targets(self, split: str) -> list[Target]:
-        """One target per record of ``split`` (every source), the caption as ``text``."""
+        """One per record (sources in order): the caption as ``text``."""
         return [Target(r.id, text=r.caption) for recs in self.records[split] for r in recs]
+
+    def picture(self, image_id: str) -> tuple[np.ndarray, float, float]:
+        """The record's image at ``cache_size`` and the factors from original pixels onto it."""
+        r = next(r for split in SPLITS for recs in self.records[split] for r in recs if r.id == image_id)
+        img, width, height = read_square_gray(r.image, self.cache_size)
+        return img, self.cache_size / width, self.cache_size / height

@@ -78,6 +78,19 @@ class CaptionSource:
     def records(self, split: str) -> list[CaptionRecord]:
         raise NotImplementedError
 
+    #: where to get the corpus (start-up messages)
+    where: ClassVar[str] = ""
+
+    def marker(self) -> Path:
+        """The file or folder whose presence says the corpus is there."""
+        return self.root
+
+    def missing_data(self, name: str) -> list[str]:
+        marker = self.marker()
+        if marker.exists() or marker.with_name(marker.name + ".gz").is_file():
+            return []
+        return [f"data caption source {name}: {marker.resolve()} does not exist. Get {self.where}."]
+
     def _check_split(self, split: str) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -87,12 +100,17 @@ class RocoCaptions(CaptionSource):
     """ROCO (Pelka et al. 2018), ``subset`` ``radiology`` (PFMVG) or ``non-radiology``."""
 
     name = "roco"
+    where = ("ROCO (radiology subset) from https://github.com/razorx89/roco-dataset; set paths.roco_root / "
+             "ROCO_ROOT to the folder holding data/")
 
     def __init__(self, root: str, subset: str = "radiology", weight: float = 1.0):
         super().__init__(root, weight)
         if subset not in ROCO_SUBSETS:
             raise ValueError(f"ROCO subset must be 'radiology' or 'non-radiology', got {subset!r}")
         self.subset = subset
+
+    def marker(self) -> Path:
+        return self.root / "data"
 
     def records(self, split: str) -> list[CaptionRecord]:
         self._check_split(split)
@@ -119,6 +137,8 @@ class ImageCLEF2022Captions(CaptionSource):
     """ImageCLEFmedical 2022 caption prediction (Rückert et al. 2022)."""
 
     name = "clef2022"
+    where = ("ImageCLEFmedical 2022 caption prediction (https://www.imageclef.org/2022/medical/caption, "
+             "registration); set paths.clef2022_root / CLEF2022_ROOT to the folder holding caption_prediction_*.csv")
 
     def __init__(self, root: str, weight: float = 1.0, val_fraction: float = 0.05, seed: int = 0):
         super().__init__(root, weight)
@@ -171,6 +191,9 @@ class MimicReports(CaptionSource):
     """MIMIC-CXR reports with MIMIC-CXR-JPG images (Johnson et al. 2019)."""
 
     name = "mimic"
+    where = ("MIMIC-CXR reports (https://physionet.org/content/mimic-cxr/) and MIMIC-CXR-JPG "
+             "(https://physionet.org/content/mimic-cxr-jpg/), credentialed access; set paths.mimic_cxr_jpg_root / "
+             "MIMIC_CXR_JPG_ROOT and paths.mimic_cxr_reports_root / MIMIC_CXR_REPORTS_ROOT")
     SPLIT_NAMES: ClassVar[dict[str, str]] = {**MIMIC_SPLIT_NAMES, "val": "val"}
 
     def __init__(self, root: str, image_root: str | None = None, reports_root: str | None = None,
@@ -185,6 +208,9 @@ class MimicReports(CaptionSource):
             raise ValueError("MimicReports needs at least one report section")
         self.one_per_study = one_per_study
         self._rows: list[tuple[str, str, str, str]] | None = None
+
+    def marker(self) -> Path:
+        return self.split_csv
 
     def _split_rows(self) -> list[tuple[str, str, str, str]]:
         if self._rows is None:

@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from medgrounder.core.boxes import Box
 from medgrounder.core.labels import MSCXR_CATEGORIES
-from medgrounder.data.collate import PromptCollator
+from medgrounder.data.base import (
+    BoxedImage,
+    BoxedImages,
+    GroundingDataModule,
+    crop_settings,
+    decode_all,
+)
 from medgrounder.data.mscxr.layout import MSCXR_CSV
 from medgrounder.data.mscxr.records import (
     SPLITS,
@@ -37,9 +40,9 @@ from medgrounder.data.mscxr.records import (
     official_split,
     split_by_patient,
 )
+from medgrounder.data.sampler import shuffled_with_pass
 from medgrounder.data.views import (
     CropSettings,
-    EpochSampler,
     View,
     boxes_into_view,
     item_rng,
@@ -58,8 +61,8 @@ REFER = get_task("refer")
 class ReferDataset(Dataset):
     """``[refer]`` items of one split.
 
-    ``train=True``: keys are ``(index, epoch)`` from :class:`EpochSampler`; each item gets a random
-    crop and a random instruction of the pool, drawn from ``(seed, epoch, index)``. Otherwise keys
+    ``train=True``: keys are ``(index, pass)`` of the training stream; each item gets a random
+    crop and a random instruction of the pool, drawn from ``(seed, pass, index)``. Otherwise keys
     are indices, the view is the whole image and the instruction the pool's first.
     """
 
@@ -121,7 +124,12 @@ def _decode(job: tuple[str, int]) -> np.ndarray:
     return load_square_gray(*job)
 
 
-class MSCXRDataModule(L.LightningDataModule):
+SOURCE = ("MS-CXR from https://physionet.org/content/ms-cxr/ with the MIMIC-CXR-JPG images "
+          "(https://physionet.org/content/mimic-cxr-jpg/, credentialed access); set paths.mscxr_root / MSCXR_ROOT "
+          "(the csv) and paths.mimic_cxr_jpg_root / MIMIC_CXR_JPG_ROOT (the folder holding files/)")
+
+
+class MSCXRDataModule(GroundingDataModule):
     """MS-CXR ``[refer]`` batches (see the module docstring).
 
     ``root``: the folder of the csv; ``image_root``: MIMIC-CXR-JPG's root (holding ``files/``),
@@ -132,6 +140,7 @@ class MSCXRDataModule(L.LightningDataModule):
     """
 
     tasks = ("refer",)
+    title = "MS-CXR"
 
     def __init__(
         self,
@@ -152,50 +161,39 @@ class MSCXRDataModule(L.LightningDataModule):
         synth: dict | None = None,
         task: str = "refer",
     ):
-        super().__init__()
         if split not in ("random", "official"):
             raise ValueError(f"MS-CXR split must be 'random' or 'official', got {split!r}")
-        self.root = root
+        super().__init__(root, tokenizer, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         num_workers=num_workers, seed=seed, synth=synth, task=task)
         self.csv_name = csv_name
         self.image_root = image_root or root
-        self.tokenizer = tokenizer
         self.image_size = image_size
         self.cache_size = cache_size or image_size
         self.split = split
         self.split_ratios = tuple(split_ratios)
-        self.seed = seed
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.crop = CropSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(crop).items()}) if crop else None
+        self.crop = crop_settings(crop)
         self.decode_workers = decode_workers
-        self.synth = dict(synth) if synth else None
-        self.set_task(task)
         self.splits: dict[str, list[MSCXRSample]] = {}
         self.image_index: dict[str, int] = {}
         self.cache: np.ndarray | None = None
-
-    def set_task(self, task: str, iters_per_epoch: int | None = None) -> None:
-        if iters_per_epoch is not None:  # the stream sampler with a resumable position is VinDr's
-            raise ValueError("stage iters_per_epoch is not supported for MS-CXR (set it to null)")
-        if task not in self.tasks:
-            raise ValueError(f"MS-CXR serves the task(s) {self.tasks}, got {task!r}")
-        self.task = task
 
     @property
     def csv_path(self) -> Path:
         return Path(self.root) / self.csv_name
 
-    def prepare_data(self) -> None:
-        """With ``synth`` set, write the synthetic set at ``root`` unless it is there (into a
-        temporary sibling renamed at the end, so an interrupted run leaves no half dataset)."""
-        root = Path(self.root)
-        if not self.synth or self.csv_path.is_file():
-            return
-        from medgrounder.core.io import write_complete
+    def missing_data(self) -> list[str]:
+        problems = []
+        if not self.csv_path.is_file():
+            problems.append(f"data.root={Path(self.root).resolve()} lacks {self.csv_name}. Get {SOURCE}.")
+        files = Path(self.image_root) / "files"
+        if not files.is_dir():
+            problems.append(f"MS-CXR images: {files.resolve()} does not exist. Get {SOURCE}.")
+        return problems
+
+    def write_synthetic(self, folder: Path) -> None:
         from medgrounder.data.mscxr.synth import synth_mscxr
 
-        write_complete(root, synth_mscxr, **self.synth)
+        synth_mscxr(folder, **self.synth)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -213,12 +211,7 @@ class MSCXRDataModule(L.LightningDataModule):
                                     "the MIMIC-CXR-JPG folder that holds files/")
         self.image_index = {d: i for i, d in enumerate(paths)}
         jobs = [(str(Path(self.image_root) / p), self.cache_size) for p in paths.values()]
-        desc = f"decode MS-CXR ({self.cache_size}px)"
-        if self.decode_workers > 1 and len(jobs) > 64:
-            with ProcessPoolExecutor(self.decode_workers) as pool:
-                arrays = list(tqdm(pool.map(_decode, jobs, chunksize=16), total=len(jobs), desc=desc))
-        else:
-            arrays = [_decode(j) for j in tqdm(jobs, desc=desc)]
+        arrays = decode_all(_decode, jobs, self.decode_workers, f"decode MS-CXR ({self.cache_size}px)")
         self.cache = np.stack(arrays) if arrays else np.zeros((0, self.cache_size, self.cache_size), np.uint8)
         log.info("MS-CXR: %s samples (train / val / test), %d images, split %s",
                  "/".join(str(len(self.splits[k])) for k in SPLITS), len(paths), self.split)
@@ -234,51 +227,33 @@ class MSCXRDataModule(L.LightningDataModule):
         return ReferDataset(self.samples(split), self.image_index, self.cache, self.image_size, train,
                             self.crop if train else None, self.seed)
 
-    def _loader(self, split: str, batch_size: int) -> DataLoader:
-        ds = self.dataset(split)
-        train = split == "train"
-        return DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(len(ds), self.seed, shuffle=train),
-                          num_workers=self.num_workers, collate_fn=PromptCollator(self.tokenizer), drop_last=train)
+    def training_keys(self, k: int) -> list[tuple[int, int]]:
+        return shuffled_with_pass(len(self.splits["train"]), self.seed)(k)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size)
-
-    def test_dataloader(self, task: str | None = None) -> DataLoader:
-        return self._loader("test", self.eval_batch_size)
-
-
-    def tower_pretraining_data(self) -> tuple[torch.Tensor, list, tuple[str, ...]]:
-        """Training images at the model's size (whole views), one record per image with every
-        box of its phrases as ``findings = [(category, pixel box)]``, and the class names."""
-        from types import SimpleNamespace
-
-        by_image: dict[str, SimpleNamespace] = {}
-        for s in self.splits["train"]:
-            rec = by_image.setdefault(s.dicom_id, SimpleNamespace(findings=[], width=s.width, height=s.height))
-            rec.findings += [(s.category, b) for b in s.boxes]
-        images = [render_view(self.cache[self.image_index[d]], r.width, r.height, View.full(r.width, r.height),
-                              self.image_size) for d, r in by_image.items()]
-        stacked = torch.from_numpy(np.stack(images)) if images else torch.empty(0, self.image_size, self.image_size,
-                                                                                 dtype=torch.uint8)
-        extra = sorted({c for r in by_image.values() for c, _ in r.findings} - set(MSCXR_CATEGORIES))
-        return stacked, list(by_image.values()), (*MSCXR_CATEGORIES, *extra)
-
-    # ------------------------------------------------------------------ evaluation hooks
-    def for_task(self, task: str) -> MSCXRDataModule:
-        return self
-
+    # ------------------------------------------------------------------ what other parts read
     def targets(self, split: str) -> list[Target]:
-        """One target per phrase sample of ``split``: every box of the phrase as ``(category, 0-100
-        grid box of the whole image)``, the label text as ``text`` (baselines)."""
+        """One per phrase sample: every box as ``(category, 0-100 grid box of the whole image)``,
+        the phrase as ``text``."""
         return [Target(s.dicom_id, s.width, s.height,
                        tuple((s.category, view_grid(b, View.full(s.width, s.height))) for b in s.boxes),
                        text=s.label_text) for s in self.samples(split)]
 
     def picture(self, image_id: str) -> tuple[np.ndarray, float, float]:
-        """The cached picture of an image for a figure and the factors from original pixels onto it."""
+        """The cached picture of an image and the factors from original pixels onto it."""
         sample = next(s for split in SPLITS for s in self.splits[split] if s.dicom_id == image_id)
         c = self.cache.shape[1]
         return self.cache[self.image_index[image_id]], c / sample.width, c / sample.height
+
+    def boxed_training_images(self) -> BoxedImages:
+        """The training images (whole views), every box of their phrases as ``(category, pixel
+        box)``; the classes are MS-CXR's categories (and any other the csv names)."""
+        by_image: dict[str, tuple[int, int, list]] = {}
+        for s in self.splits["train"]:
+            by_image.setdefault(s.dicom_id, (s.width, s.height, []))[2].extend((s.category, b) for b in s.boxes)
+        images = [render_view(self.cache[self.image_index[d]], w, h, View.full(w, h), self.image_size)
+                  for d, (w, h, _) in by_image.items()]
+        stacked = torch.from_numpy(np.stack(images)) if images else torch.empty(0, self.image_size, self.image_size,
+                                                                                 dtype=torch.uint8)
+        records = [BoxedImage(w, h, tuple(f)) for w, h, f in by_image.values()]
+        extra = sorted({c for r in records for c, _ in r.findings} - set(MSCXR_CATEGORIES))
+        return BoxedImages(stacked, records, (*MSCXR_CATEGORIES, *extra))

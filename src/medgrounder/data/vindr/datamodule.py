@@ -18,40 +18,35 @@ resize).
 The task (``identify`` or ``vqa``) is switched between stages with :meth:`set_task`; the
 validation split is a seeded fraction of the training images.
 
-Training batches come from a :class:`~medgrounder.data.sampler.StreamSampler` (one seeded stream,
-epochs of ``iters_per_epoch`` batches, sharded over ranks by this module, so the trainer runs with
-``use_distributed_sampler=False``); the stream position goes into Lightning checkpoints through
-:meth:`VinDrDataModule.state_dict`, which makes a resumed run see exactly the batches an
-uninterrupted one would.
+Training runs one continuous stream of seeded permutations of the training samples (epochs of
+``iters_per_epoch`` batches, or ``n // global batch``, continuing the stream), sharded and resumed
+by :class:`~medgrounder.data.base.GroundingDataModule`.
 """
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from medgrounder.core.boxes import to_grid
-from medgrounder.core.labels import NO_FINDING
-from medgrounder.data.collate import PromptCollator
-from medgrounder.data.sampler import StreamSampler
+from medgrounder.core.labels import LOCAL_LABELS
+from medgrounder.data.base import BoxedImage, BoxedImages, GroundingDataModule, decode_all
+from medgrounder.data.sampler import shuffled
 from medgrounder.data.vindr.dicom import load_dicom_uint8
+from medgrounder.data.vindr.layout import PHYSIONET_FILES
 from medgrounder.data.vindr.prepared import is_prepared, read_prepared, resize_square
 from medgrounder.data.vindr.records import VinDrRecord, load_vindr_physionet
-from medgrounder.tasks import Target
-from medgrounder.tasks.identify import identify_answer
-from medgrounder.tasks.vqa import vqa_answer
+from medgrounder.tasks import Target, get_task
 
 log = logging.getLogger(__name__)
-TASKS = ("identify", "grounding", "vqa")
+SOURCE = ("VinDr-CXR 1.0.0 from https://physionet.org/content/vindr-cxr/1.0.0/ (credentialed access); set "
+          "paths.vindr_root=DIR or VINDR_ROOT")
 
 
 def _load_resized(args: tuple[str, int, str]) -> np.ndarray:
@@ -103,7 +98,11 @@ class SampleDataset(Dataset):
         }
 
 
-class VinDrDataModule(L.LightningDataModule):
+class VinDrDataModule(GroundingDataModule):
+    tasks = ("identify", "grounding", "vqa")
+    title = "VinDr"
+    epoch_is_pass = False
+
     def __init__(
         self,
         root: str,
@@ -123,53 +122,37 @@ class VinDrDataModule(L.LightningDataModule):
         limit_train_images: int | None = None,
         synth: dict | None = None,
     ):
-        super().__init__()
-        self.root = root
-        self.synth = dict(synth) if synth else None
-        self.tokenizer = tokenizer
+        super().__init__(root, tokenizer, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         num_workers=num_workers, seed=seed, synth=synth, task=task)
         self.image_size = image_size
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
         self.val_fraction = val_fraction
-        self.seed = seed
         self.windowing = windowing
         self.dedup_iou = dedup_iou
         self.dedup_mode = dedup_mode
         self.identify_abnormal_only = identify_abnormal_only
         self.decode_workers = decode_workers
         self.limit_train_images = limit_train_images
-        self.iters_per_epoch: int | None = None
-        self._train_sampler: StreamSampler | None = None
-        self._resume: dict | None = None
-        self.set_task(task)
         self.records: dict[str, list[VinDrRecord]] = {}
         self.images: dict[str, torch.Tensor] = {}
         self.reports: dict[str, dict] = {}
 
-    def set_task(self, task: str, iters_per_epoch: int | None = None) -> None:
-        """Switch to a stage's task; its training stream starts at the beginning (a resumed
-        stage's position comes back through :meth:`load_state_dict`). ``iters_per_epoch``:
-        batches per epoch (None: one pass)."""
-        if task not in TASKS:
-            raise ValueError(f"VinDr task must be one of {TASKS}, got {task!r}")
-        self.task = task
-        self.iters_per_epoch = iters_per_epoch
-        self._train_sampler = None
-        self._resume = None
-
-    # ------------------------------------------------------------------ loading
-    def prepare_data(self) -> None:
-        """With ``synth`` set, write the synthetic dataset at ``root`` unless it is there already
-        (into a temporary sibling renamed at the end, so an interrupted run leaves no half dataset)."""
+    # ------------------------------------------------------------------ inputs
+    def missing_data(self) -> list[str]:
         root = Path(self.root)
-        if not self.synth or (root / "annotations" / "annotations_test.csv").exists():
-            return
-        from medgrounder.core.io import write_complete
+        if is_prepared(root):  # `python -m medgrounder.prepare vindr` output replaces the raw layout
+            return []
+        missing = [f for f in PHYSIONET_FILES if not (root / f).exists()]
+        if not missing:
+            return []
+        return [f"data.root={root.resolve()} lacks {', '.join(missing)} (or the annotations.jsonl of "
+                f"`python -m medgrounder.prepare vindr`). Get {SOURCE}."]
+
+    def write_synthetic(self, folder: Path) -> None:
         from medgrounder.data.vindr.synth import synth_vindr
 
-        write_complete(root, synth_vindr, **{"workers": self.decode_workers, **self.synth})
+        synth_vindr(folder, **{"workers": self.decode_workers, **self.synth})
 
+    # ------------------------------------------------------------------ loading
     @property
     def prepared(self) -> bool:
         """Whether ``root`` is ``medgrounder.prepare`` output rather than the raw layout."""
@@ -207,11 +190,7 @@ class VinDrDataModule(L.LightningDataModule):
         jobs = [(r.image if load is _load_prepared else r.path, self.image_size, self.windowing)
                 for r in records]
         desc = f"{'load' if load is _load_prepared else 'decode'} VinDr {split} ({self.image_size}px)"
-        if self.decode_workers > 1 and len(jobs) > 64:
-            with ProcessPoolExecutor(self.decode_workers) as pool:
-                arrays = list(tqdm(pool.map(load, jobs, chunksize=32), total=len(jobs), desc=desc))
-        else:
-            arrays = [load(j) for j in tqdm(jobs, desc=desc)]
+        arrays = decode_all(load, jobs, self.decode_workers, desc, chunksize=32)
         if not arrays:
             return torch.empty(0, self.image_size, self.image_size, dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrays))
@@ -222,112 +201,63 @@ class VinDrDataModule(L.LightningDataModule):
         n_val = round(n * self.val_fraction)
         return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
+    def _indices(self, split: str) -> list[int]:
+        """Rows of ``split``'s records (``val`` is a seeded fraction of the training file)."""
+        if split == "test":
+            return list(range(len(self.records["test"])))
+        train_idx, val_idx = self._split_train_val()
+        return train_idx if split == "train" else val_idx
+
     def samples(self, split: str, task: str | None = None) -> list[Sample]:
         """Samples of ``split`` in ``train | val | test`` for ``task`` (default: the current one)."""
         task = task or self.task
-        source = "test" if split == "test" else "train"
-        records = self.records[source]
-        if split == "test":
-            indices = list(range(len(records)))
-        else:
-            train_idx, val_idx = self._split_train_val()
-            indices = train_idx if split == "train" else val_idx
+        spec = get_task(task)
+        records = self.records["test" if split == "test" else "train"]
         out = []
-        for i in indices:
+        for i in self._indices(split):
             r = records[i]
-            if task in ("identify", "grounding"):
-                if self.identify_abnormal_only and split != "test" and not r.findings:
-                    continue
-                answer = identify_answer((n, to_grid(b, r.width, r.height)) for n, b in r.findings)
-            else:
-                if not r.global_labels:
-                    raise ValueError(f"{r.image_id} has no global labels (the Kaggle layout has "
-                                     "none): the vqa task needs the PhysioNet release")
-                answer = vqa_answer(g for g in r.global_labels if g != NO_FINDING)
-            out.append(Sample(i, r, task, answer))
+            # LiteGPT's stage 1 trains on the images with findings
+            if spec.localizes and self.identify_abnormal_only and split != "test" and not r.findings:
+                continue
+            if spec.needs_labels and not r.global_labels:
+                raise ValueError(f"{r.image_id} has no global labels (the Kaggle layout has none): "
+                                 f"the {task} task needs the PhysioNet release")
+            out.append(Sample(i, r, task, spec.answer(self._target(r))))
         return out
+
+    @staticmethod
+    def _target(r: VinDrRecord) -> Target:
+        """A record's findings on the 0-100 grid of the whole image and its global labels."""
+        return Target(r.image_id, r.width, r.height, tuple((n, to_grid(b, r.width, r.height)) for n, b in r.findings),
+                      tuple(r.global_labels))
 
     def dataset(self, split: str, task: str | None = None) -> SampleDataset:
         return SampleDataset(self.samples(split, task), self.images["test" if split == "test" else "train"])
 
-    # ------------------------------------------------------------------ loaders
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    def training_keys(self, k: int) -> list[int]:
+        return shuffled(len(self.samples("train")), self.seed)(k)
 
-    def _loader(self, dataset, batch_size: int, sampler=None, image_keys: bool = False) -> DataLoader:
-        # The loader's own generator draws the worker base seed, so iterating it never consumes
-        # the global RNG (a resumed run's RNG stream then matches an uninterrupted one's).
-        # image_keys: the train and val loaders, whose images fixed_training_images() holds.
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=PromptCollator(self.tokenizer, image_keys),
-                          generator=torch.Generator().manual_seed(self.seed))
-
-    def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        dataset = self.dataset("train")
-        start = 0
-        if self._resume:  # restored from a checkpoint before Lightning asks for the loader
-            start, self._resume = self._resume_start(world), None
-        self._train_sampler = StreamSampler(len(dataset), self.batch_size, self.seed, self.iters_per_epoch,
-                                            rank, world, start)
-        return self._loader(dataset, self.batch_size, self._train_sampler, image_keys=True)
-
-    def val_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        dataset = self.dataset("val")
-        sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
-        return self._loader(dataset, self.eval_batch_size, sampler, image_keys=True)
-
-    def test_dataloader(self, task: str | None = None) -> DataLoader:
-        # Evaluation shards the test set itself (medgrounder.evaluate.generate_rows).
-        return self._loader(self.dataset("test", task), self.eval_batch_size)
-
-    # ------------------------------------------------------------------ resume
-    def state_dict(self) -> dict:
-        """The training stream's position, in samples: the batches training has taken (Lightning's
-        progress counter, not the sampler, which the loader runs ahead of) since the start of
-        the epoch being iterated."""
-        sampler, trainer = self._train_sampler, getattr(self, "trainer", None)
-        if sampler is None or trainer is None:
-            return {}
-        taken = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return {"task": self.task, "samples": (sampler.epoch_begin + taken) * sampler.global_batch,
-                "global_batch": sampler.global_batch, "epoch_batches": sampler.epoch_batches}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state and state.get("task") != self.task:
-            raise ValueError(f"the checkpoint's data position is for task {state.get('task')!r}, "
-                             f"this stage trains {self.task!r}")
-        self._resume = dict(state) if state else None
-
-    def _resume_start(self, world: int) -> int:
-        state = self._resume
-        global_batch = self.batch_size * world
-        if state["global_batch"] != global_batch:
-            log.warning("resuming with a global batch of %d instead of %d (data.batch_size x processes): "
-                        "the data position is approximate", global_batch, state["global_batch"])
-        return state["samples"] // global_batch
-
+    # ------------------------------------------------------------------ what other parts read
     def fixed_training_images(self) -> torch.Tensor:
-        """The training (and validation) images as every epoch shows them (uint8 ``[N, S, S]``;
-        no augmentation), for the model's frozen-feature cache."""
         return self.images["train"]
 
-    # ------------------------------------------------------------------ evaluation hooks
-    def for_task(self, task: str) -> VinDrDataModule:
-        return self
+    def boxed_training_images(self) -> BoxedImages:
+        """The ``[identify]`` training images (those with findings, as LiteGPT's stage 1)."""
+        samples = self.samples("train", "identify")
+        images = self.images["train"][torch.tensor([s.index for s in samples])]
+        records = [BoxedImage(s.record.width, s.record.height, tuple(s.record.findings)) for s in samples]
+        return BoxedImages(images, records, LOCAL_LABELS)
 
     def targets(self, split: str) -> list[Target]:
-        """One target per image of the ``train`` (validation images included) or ``test`` records:
-        its findings on the 0-100 grid of the whole image and its global labels (baselines)."""
-        return [Target(r.image_id, r.width, r.height, tuple((n, to_grid(b, r.width, r.height)) for n, b in r.findings),
-                       tuple(r.global_labels)) for r in self.records[split]]
+        """One per image: its findings and global labels. ``train`` is the whole training file
+        (the validation images included, as the mean-box baseline has always counted them)."""
+        records = self.records["test" if split == "test" else "train"]
+        chosen = range(len(records)) if split in ("train", "test") else self._indices(split)
+        return [self._target(records[i]) for i in chosen]
 
     def picture(self, image_id: str) -> tuple[np.ndarray, float, float]:
-        """The picture of an image for a figure and the factors that scale its pixel boxes onto it:
-        the DICOM at its original size when ``path`` exists, else the prepared cache image
-        (resized; boxes scale by its size over the original width and height)."""
+        """The DICOM at its original size when ``record.path`` exists, else the prepared cache
+        image ``record.image`` (boxes scale by its size over the original ``width`` / ``height``)."""
         rec = next(r for split in ("test", "train") for r in self.records[split] if r.image_id == image_id)
         if Path(rec.path).is_file() or not getattr(rec, "image", None):
             return load_dicom_uint8(rec.path, windowing=self.windowing), 1.0, 1.0
