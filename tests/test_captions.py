@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from medgrounder.data.captions.datamodule import CaptionDataModule
+from medgrounder.data.captions.datamodule import CaptionDataModule, mixture
 from medgrounder.data.captions.sources import (
     ImageCLEF2022Captions,
     MimicReports,
     RocoCaptions,
-    mixture,
     report_sections,
 )
 from medgrounder.data.captions.synth import clef_caption, mimic_report, roco_caption, synth_captions
