@@ -9,7 +9,7 @@ Training batches come from one :class:`~medgrounder.data.sampler.StreamSampler` 
 over ranks by this module (so the trainer runs with ``use_distributed_sampler=False``); its
 position goes into Lightning checkpoints through :meth:`GroundingDataModule.state_dict`, so a
 resumed run sees exactly the batches an uninterrupted one would. Validation is sharded the same
-way; the test split is sharded by evaluation itself (``medgrounder.evaluate.generate_rows``).
+way; the test split is sharded by evaluation itself (:func:`medgrounder.pipeline.generation.generate_rows`).
 """
 
 from __future__ import annotations

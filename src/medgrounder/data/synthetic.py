@@ -16,7 +16,7 @@ byte-identical files.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
@@ -307,16 +307,21 @@ def _write_jpg(job: tuple[ChestPlan, str, int, str]) -> None:
     Image.fromarray(chest_pixels(plan, seed, salt)).save(path, format="JPEG", quality=JPEG_QUALITY)
 
 
-def write_jpgs(jobs: list[tuple[ChestPlan, str, int, str]], workers: int) -> None:
-    """Write ``(plan, path, seed, salt)`` jobs as JPGs on ``workers`` processes (the bytes do not
-    depend on ``workers``)."""
+def run_jobs(write: Callable[[tuple], object], jobs: Sequence[tuple], workers: int) -> None:
+    """``write(job)`` for every job, on ``workers`` processes (each job's output depends on the
+    job alone, so the files do not depend on ``workers``)."""
     if workers > 1:
         with Pool(workers) as pool:
-            for _ in pool.imap_unordered(_write_jpg, jobs, chunksize=16):
+            for _ in pool.imap_unordered(write, jobs, chunksize=16):
                 pass
     else:
         for job in jobs:
-            _write_jpg(job)
+            write(job)
+
+
+def write_jpgs(jobs: list[tuple[ChestPlan, str, int, str]], workers: int) -> None:
+    """Write ``(plan, path, seed, salt)`` jobs as JPGs."""
+    run_jobs(_write_jpg, jobs, workers)
 
 
 def mimic_ids(rng: np.random.Generator, n_patients: int, images_per_patient: Sequence[int]):

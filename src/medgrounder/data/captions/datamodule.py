@@ -115,7 +115,7 @@ class CaptionDataModule(GroundingDataModule):
     training items per pass (default: the training records of all sources); ``eval_limit``:
     at most this many val / test items per source (a seeded subset; ``null``: all); ``crop``:
     :class:`CropSettings` fields for training views; ``synth``:
-    :func:`medgrounder.synth.synth_captions` arguments, to write the synthetic corpora at ``root``
+    :func:`medgrounder.data.captions.synth.synth_captions` arguments, to write the synthetic corpora at ``root``
     on first use (the sources then point inside it).
     """
 

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from medgrounder.core.labels import (
     LOCAL_LABELS,
     NO_FINDING,
 )
-from medgrounder.data.synthetic import pick, place_box, render_chest, round_box
+from medgrounder.data.synthetic import pick, place_box, render_chest, round_box, run_jobs
 from medgrounder.data.vindr.layout import (
     ANNOTATION_COLUMNS,
     GLOBAL_COLUMNS,
@@ -307,13 +306,7 @@ def synth_vindr(out: str | Path, n: int, seed: int, test_frac: float = 0.2, min_
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
     jobs = [(p, str(out), seed) for p in plans]
-    if workers > 1:
-        with Pool(workers) as pool:
-            for _ in pool.imap_unordered(_write_image, jobs, chunksize=16):
-                pass
-    else:
-        for job in jobs:
-            _write_image(job)
+    run_jobs(_write_image, jobs, workers)
     if layout == "kaggle":
         _write_kaggle_csv(out, plans, readers)
     else:
