@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
+from medgrounder.core.io import atomic_write, atomic_write_text
 from medgrounder.data.collate import images_to_float
 from medgrounder.data.vindr.dicom import load_dicom_uint8
 from medgrounder.metrics.drawing import draw_boxes
@@ -71,9 +72,9 @@ def predict(ckpt_path: str | Path, image: str | Path, out_dir: str | Path, phras
     result = {"image": str(image), "task": spec.name, "prompt": spec.prompt(instruction),
               "answer": answer, "valid": spec.parse(answer).valid, "boxes": boxes, "image_width": width,
               "image_height": height}
-    (out / "prediction.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "prediction.json", json.dumps(result, indent=2) + "\n")
     overlay = draw_boxes(original, [], [(b["label"], b["box"]) for b in boxes], title=Path(image).name[:24])
-    overlay.save(out / "overlay.png", format="PNG")
+    atomic_write(out / "overlay.png", lambda tmp: overlay.save(tmp, format="PNG"))
     return result
 
 

@@ -37,6 +37,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from medgrounder.core.io import atomic_write, atomic_write_text
 from medgrounder.models.tower_pretraining import pretrain_configured_towers
 from medgrounder.pipeline.checkpoints import load_stage_checkpoint
 from medgrounder.pipeline.evaluation import evaluate_task
@@ -185,12 +186,10 @@ def save_stage_checkpoint(module, cfg: DictConfig, stage: str, out_dir: Path, gl
     half-written checkpoint."""
     path = out_dir / "checkpoints" / f"{stage}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"stage": stage, "state_dict": module.trainable_state_dict(),
-                "frozen_fingerprint": module.frozen_fingerprint(),
-                "config": OmegaConf.to_container(cfg, resolve=True), "global_step": global_step}, tmp)
-    tmp.replace(path)
-    return path
+    ckpt = {"stage": stage, "state_dict": module.trainable_state_dict(),
+            "frozen_fingerprint": module.frozen_fingerprint(),
+            "config": OmegaConf.to_container(cfg, resolve=True), "global_step": global_step}
+    return atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def load_weights(module, path: Path) -> int:
@@ -202,9 +201,7 @@ def load_weights(module, path: Path) -> int:
 
 def _write_json(path: Path, payload) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------ loggers
@@ -296,9 +293,7 @@ def _evaluate_stage(cfg, module, datamodule, stage: str, task: str, out_dir: Pat
     metrics, rows, figure = evaluate_task(module, datamodule, task, cfg.num_figure_images)
     if is_rank_zero():
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / "predictions.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        os.replace(tmp, cache / "predictions.jsonl")
+        atomic_write_text(cache / "predictions.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         _write_json(cache / "metrics.json", metrics)  # last: its presence marks the evaluation done
     for lg in loggers:
         lg.log_metrics({f"test/{k}": v for k, v in flatten_metrics(metrics).items()}, step=step)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from medgrounder.core.io import atomic_write
 from medgrounder.core.labels import LOCAL_INDEX, LOCAL_LABELS
 from medgrounder.data.collate import images_to_float
 from medgrounder.models.vlm import fused_adamw_ok
@@ -227,9 +228,8 @@ def load_or_pretrain(encoder: nn.Module, data: Callable[[], Any], settings: dict
         log.info("tiny towers pretrained: loss %.4f -> %.4f (mean of the last 50 steps)",
                  float(np.mean(losses[:10])), float(np.mean(losses[-50:])))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(encoder.state_dict(), tmp)
-        tmp.replace(path)
+        state = encoder.state_dict()
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
         log.info("pretrained tiny towers cached: %s", path)
     encoder.load_state_dict(torch.load(path, map_location="cpu"))
     for p, flag in zip(encoder.parameters(), trainable, strict=True):

@@ -3,16 +3,16 @@ resume checkpoints, and checkpoint files written atomically."""
 
 from __future__ import annotations
 
-import os
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
+
+from medgrounder.core.io import atomic_write
 
 
 class Throughput(Callback):
@@ -109,11 +109,9 @@ class RngState(Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to ``<name>.tmp`` and renames it over ``<name>``: a run killed while
-    writing leaves the previous checkpoint intact."""
+    """Writes each checkpoint under a temporary name and renames it over ``<name>``: a run killed
+    while writing leaves the previous checkpoint intact."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        save = super().save_checkpoint
+        atomic_write(path, lambda tmp: save(checkpoint, tmp, storage_options))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from medgrounder.core.io import atomic_write_json, atomic_write_text
 from medgrounder.tasks import METRIC_TASKS
 from medgrounder.utils.logging import flatten_metrics
 
@@ -39,9 +39,7 @@ def write_status(out_dir: str | Path, status: str, error: BaseException | None =
         payload["traceback"] = "".join(traceback.format_exception(error))[-4000:]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, out / STATUS_FILE)
+    atomic_write_json(out / STATUS_FILE, payload)
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
@@ -98,7 +96,7 @@ def write_summary(sweep_dir: str | Path, metrics: tuple[str, ...] | list[str] = 
     text += [*lines, ""]
     for r in failed:
         text.append(f"- job {r['job']} {r['status']}: {r['error'] or 'no status (killed?)'} ({r['dir']})")
-    (sweep_dir / "summary.md").write_text("\n".join(text) + "\n")
+    atomic_write_text(sweep_dir / "summary.md", "\n".join(text) + "\n")
     all_metrics = sorted({k for r in rows for k in r["metrics"]})
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -106,7 +104,7 @@ def write_summary(sweep_dir: str | Path, metrics: tuple[str, ...] | list[str] = 
         for r in rows:
             w.writerow([r["job"], " ".join(r["overrides"]), r["status"], r["error"],
                         *(r["metrics"].get(m, "") for m in all_metrics)])
-    (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(sweep_dir / "summary.json", json.dumps(rows, indent=2, sort_keys=True) + "\n")
     return rows
 
 
