@@ -17,6 +17,17 @@ from medgrounder.data.sampler import StreamSampler, shuffled
 from medgrounder.models.llm import local_rank
 
 
+def _batches_by_step(probe) -> dict[tuple[str, int], dict[int, list[str]]]:
+    """``{(task, step): {rank: sample ids}}`` as the probe callback recorded them on 2 ranks."""
+    seen: dict[tuple[str, int], dict[int, list[str]]] = defaultdict(dict)
+    for rank in (0, 1):
+        for line in (probe / f"batches_rank{rank}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            assert row["world"] == 2
+            seen[(row["task"], row["step"])][rank] = row["ids"]
+    return seen
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_and_evaluate(synth_vindr_root, tmp_path):
     out, probe = tmp_path / "run", tmp_path / "batches"
@@ -29,12 +40,7 @@ def test_ddp_two_cpu_processes_train_and_evaluate(synth_vindr_root, tmp_path):
     result = train_cli(args)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
-    seen: dict[tuple[str, int], dict[int, list[str]]] = defaultdict(dict)
-    for rank in (0, 1):
-        for line in (probe / f"batches_rank{rank}.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            assert row["world"] == 2
-            seen[(row["task"], row["step"])][rank] = row["ids"]
+    seen = _batches_by_step(probe)
     assert sorted(seen) == [*(("identify", s) for s in range(6)), *(("vqa", s) for s in range(2))]
     # Step b of each rank is its half of global batch b of the one seeded stream.
     dm = instantiate(compose_train([f"data.root={synth_vindr_root}", "data.synth=null", "data.decode_workers=1",
@@ -70,12 +76,7 @@ def test_ddp_pfmvg_stages_train_on_disjoint_halves_of_one_epoch(synth_pfmvg_dir,
     result = train_cli(args)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
-    seen: dict[tuple[str, int], dict[int, list[str]]] = defaultdict(dict)
-    for rank in (0, 1):
-        for line in (probe / f"batches_rank{rank}.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            assert row["world"] == 2
-            seen[(row["task"], row["step"])][rank] = row["ids"]
+    seen = _batches_by_step(probe)
     dm = instantiate(compose_train([*pfmvg_overrides(synth_pfmvg_dir), "paths.output_dir=."]).data)
     dm.setup()
     for task in ("caption", "refer"):
