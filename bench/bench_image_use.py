@@ -21,17 +21,13 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from medgrounder.models.encoders import sincos_2d
-from medgrounder.models.tower_pretraining import (
-    coverage_targets,
-    pretrain_configured_towers,
-    towers_of,
-)
+from medgrounder.models.tower_pretraining import coverage_targets, pretrain_configured_towers
 
 
 def oracle_tokens(encoder, metas: list[dict]) -> torch.Tensor:
     """``[B, sum P_i, C]``: per tower, 3 x coverage of the 22 findings, then sin-cos positions."""
     out = []
-    for tower in towers_of(encoder):
+    for tower in encoder.towers:
         side = int(tower.num_tokens**0.5)
         cov = torch.stack([torch.from_numpy(coverage_targets([(b[0], b[1:]) for b in m["gt_boxes"]],
                                                              m["image_width"], m["image_height"], side))

@@ -64,6 +64,7 @@ def test_identify(tmp_path, capsys):
     assert "| Local labels | Precision | Recall | F1-score | Support |" in stdout
     assert "| model | 75.00 | 75.00 | 75.00 |" in stdout
     assert "| samples avg |" in stdout
+    assert "Strict@0.5 (%)" in stdout  # score prints the one-to-one accuracy beside the paper's
 
 
 def test_vqa(tmp_path, capsys):

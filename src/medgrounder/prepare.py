@@ -5,8 +5,8 @@
 
 ``vindr`` runs :func:`medgrounder.data.vindr.prepared.prepare_vindr` (the cache format, resuming
 and the report are described there) and prints the report's counts as JSON; bad input or
-settings exit with status 2 and a message naming the file and the fix. Other datasets
-(``mscxr``, ``roco``, ``clef``, ``mimic``) get their own subcommands here.
+settings exit with status 2 and a message naming the file and the fix. MS-CXR and the caption
+corpora are read as published (JPGs), so they need no prepare step.
 """
 
 from __future__ import annotations

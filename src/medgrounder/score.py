@@ -62,7 +62,7 @@ def report(m: dict, task: Task) -> str:
     """Markdown tables of the metrics of one section: its counts, the task's report (as in
     ``tables.md``) and its text metrics."""
     parts = [summary_table(m, list(task.summary_keys))]
-    section = task.report(m, label="model")
+    section = task.report(m, label="model", detailed=True)
     if section:
         parts.append(section)
     text = task.text_scores(m)

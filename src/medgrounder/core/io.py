@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "temporary_name",
+__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "temporary_name",
            "write_complete"]
 
 
@@ -32,10 +32,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

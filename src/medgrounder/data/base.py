@@ -159,8 +159,9 @@ class GroundingDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """With ``synth`` set, write the synthetic dataset at ``root`` unless it is there already
-        (into a temporary sibling renamed at the end, so an interrupted run leaves no half dataset)."""
-        if not self.synth or self.root is None or not self.missing_data():
+        (into a temporary sibling renamed at the end, so an interrupted run leaves no half dataset and
+        ``root`` existing means it is complete)."""
+        if not self.synth or self.root is None or Path(self.root).exists():
             return
         write_complete(self.root, self.write_synthetic)
 

@@ -132,9 +132,10 @@ class Task:
         :data:`BASELINE`; ``{}`` when the task has none."""
         return {}
 
-    def report(self, metrics: Mapping, label: str | None = None) -> str:
+    def report(self, metrics: Mapping, label: str | None = None, detailed: bool = False) -> str:
         """This task's markdown section of ``tables.md`` (and of ``score``'s output); ``label``
-        names the model's rows (default ``model [identifier]``); ``""`` when it has none."""
+        names the model's rows (default ``model [identifier]``); ``detailed`` adds the variants
+        ``score`` prints (the strict one-to-one accuracy); ``""`` when it has none."""
         return ""
 
     def text_scores(self, metrics: Mapping) -> dict:

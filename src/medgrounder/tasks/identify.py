@@ -235,12 +235,12 @@ class Identify(Task):
         m = mean_box_baseline((f for t in train for f in t.findings), rows)
         return {f"{BASELINE}{k}": v for k, v in m.items() if k.startswith("acc@")}
 
-    def report(self, metrics, label=None) -> str:
+    def report(self, metrics, label=None, detailed=False) -> str:
         rows = {self._label(label): metrics}
         base = {k.removeprefix(BASELINE): v for k, v in metrics.items() if k.startswith(BASELINE)}
         if base:
             rows["mean-box baseline (oracle class)"] = base
-        return "\n".join([localization_table(rows), "", f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}",
+        return "\n".join([localization_table(rows, strict=detailed), "", f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}",
                           "", classification_table(metrics, LOCAL_LABELS, "local/", "Local labels")])
 
     def gt_boxes(self, row):

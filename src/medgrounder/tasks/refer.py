@@ -145,6 +145,10 @@ class Refer(Task):
             raise ValueError("a [refer] prompt needs its instruction (with the phrase)")
         return super().prompt_suffix(instruction)
 
+    def prompt(self, instruction: str | None = None) -> str:
+        self.prompt_suffix(instruction)  # the same refusal without a phrase
+        return super().prompt(instruction)
+
     def prompt_corpus(self) -> list[str]:
         # no prompt without a phrase: every phrasing of the pool with an example phrase
         return [self.prompt_suffix(refer_instruction("right lower pleural effusion", k))
@@ -165,7 +169,7 @@ class Refer(Task):
         m = mscxr_mean_box_baseline((f for t in train for f in t.findings), rows)
         return {f"{BASELINE}{k}": v for k, v in m.items() if k.startswith(("iou/", "dice/"))}
 
-    def report(self, metrics, label=None) -> str:
+    def report(self, metrics, label=None, detailed=False) -> str:
         rows = {self._label(label): metrics}
         base = {k.removeprefix(BASELINE): v for k, v in metrics.items() if k.startswith(BASELINE)}
         if base:

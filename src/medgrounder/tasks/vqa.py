@@ -118,6 +118,6 @@ class Vqa(Task):
             metrics.update(text_section(rows, keep_tags, meteor))
         return metrics
 
-    def report(self, metrics, label=None) -> str:
+    def report(self, metrics, label=None, detailed=False) -> str:
         return "\n".join([classification_table(metrics, GLOBAL_LABELS, "global/", "Global labels"), "",
                           f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}"])

@@ -11,6 +11,7 @@ job failed, so scripts notice.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import sys
@@ -98,12 +99,13 @@ def write_summary(sweep_dir: str | Path, metrics: tuple[str, ...] | list[str] = 
         text.append(f"- job {r['job']} {r['status']}: {r['error'] or 'no status (killed?)'} ({r['dir']})")
     atomic_write_text(sweep_dir / "summary.md", "\n".join(text) + "\n")
     all_metrics = sorted({k for r in rows for k in r["metrics"]})
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["job", "overrides", "status", "error", *all_metrics])
-        for r in rows:
-            w.writerow([r["job"], " ".join(r["overrides"]), r["status"], r["error"],
-                        *(r["metrics"].get(m, "") for m in all_metrics)])
+    table = io.StringIO(newline="")
+    w = csv.writer(table)
+    w.writerow(["job", "overrides", "status", "error", *all_metrics])
+    for r in rows:
+        w.writerow([r["job"], " ".join(r["overrides"]), r["status"], r["error"],
+                    *(r["metrics"].get(m, "") for m in all_metrics)])
+    atomic_write_text(sweep_dir / "summary.csv", table.getvalue())
     atomic_write_text(sweep_dir / "summary.json", json.dumps(rows, indent=2, sort_keys=True) + "\n")
     return rows
 

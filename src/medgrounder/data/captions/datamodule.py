@@ -197,9 +197,3 @@ class CaptionDataModule(GroundingDataModule):
     def targets(self, split: str) -> list[Target]:
         """One per record (sources in order): the caption as ``text``."""
         return [Target(r.id, text=r.caption) for recs in self.records[split] for r in recs]
-
-    def picture(self, image_id: str) -> tuple[np.ndarray, float, float]:
-        """The record's image at ``cache_size`` and the factors from original pixels onto it."""
-        r = next(r for split in SPLITS for recs in self.records[split] for r in recs if r.id == image_id)
-        img, width, height = read_square_gray(r.image, self.cache_size)
-        return img, self.cache_size / width, self.cache_size / height

@@ -259,7 +259,7 @@ class VinDrDataModule(GroundingDataModule):
         """The DICOM at its original size when ``record.path`` exists, else the prepared cache
         image ``record.image`` (boxes scale by its size over the original ``width`` / ``height``)."""
         rec = next(r for split in ("test", "train") for r in self.records[split] if r.image_id == image_id)
-        if Path(rec.path).is_file() or not getattr(rec, "image", None):
+        if Path(rec.path).is_file() or not rec.image:
             return load_dicom_uint8(rec.path, windowing=self.windowing), 1.0, 1.0
         with Image.open(rec.image) as im:
             img = np.asarray(im.convert("L"))

@@ -188,7 +188,6 @@ def _plan_vindr(n: int, seed: int, test_frac: float, min_side: int, max_side: in
     return plans, readers, {"conflicts": len(conflicts), "duplicates": len(duplicates)}
 
 
-# Rendering: intensities ``u`` in display units (0 = black, 1 = white for the first window).
 def _dicom(plan: _ImagePlan, seed: int) -> pydicom.Dataset:
     """The plan's DICOM dataset: header tags and pixel data, deterministic in ``seed``."""
     rng = np.random.default_rng([seed, plan.index])
