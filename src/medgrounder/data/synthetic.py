@@ -357,3 +357,12 @@ def split_patients(rng: np.random.Generator, n_patients: int,
         split[patient] = fractions[int(np.searchsorted(bounds, rank, side="right"))][0]
     return split
 
+
+def mimic_cohort(rng: np.random.Generator, n_images: int,
+                 fractions: Sequence[tuple[str, float]]) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """``n_images`` MIMIC-CXR-style images of 1-3 per patient: their ``(subject_id, study_id,
+    dicom_id)`` and their split, drawn per patient (so no patient straddles two splits)."""
+    per_patient = patient_image_counts(rng, n_images)
+    ids = mimic_ids(rng, len(per_patient), per_patient)
+    patient_split = split_patients(rng, len(per_patient), fractions)
+    return ids, [s for s, count in zip(patient_split, per_patient, strict=True) for _ in range(count)]

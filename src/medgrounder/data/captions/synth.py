@@ -31,11 +31,9 @@ from medgrounder.data.mscxr.layout import mimic_jpg_path, mimic_report_path
 from medgrounder.data.synthetic import (
     ChestPlan,
     finding_phrase,
-    mimic_ids,
-    patient_image_counts,
+    mimic_cohort,
     pick,
     plan_chests,
-    split_patients,
     write_jpgs,
 )
 
@@ -141,10 +139,7 @@ def synth_captions(out: str | Path, n: int = 200, seed: int = 0, min_side: int =
         _write_tsv(clef_captions(out / "imageclef2022", split), rows, CLEF_COLUMNS)
     # MIMIC-CXR reports + JPG, one image per study
     plans = plan_chests(rng, n, min_side, max_side, CAPTION_COUNT_P)
-    per_patient = patient_image_counts(rng, n)
-    ids = mimic_ids(rng, len(per_patient), per_patient)
-    patient_split = split_patients(rng, len(per_patient), tuple(zip(MIMIC_SPLITS, CAPTION_SPLIT_P, strict=True)))
-    image_split = [s for s, count in zip(patient_split, per_patient, strict=True) for _ in range(count)]
+    ids, image_split = mimic_cohort(rng, n, tuple(zip(MIMIC_SPLITS, CAPTION_SPLIT_P, strict=True)))
     split_rows = []
     for plan, (subject, study, dicom), split in zip(plans, ids, image_split, strict=True):
         jobs.append((plan, str(out / "mimic-cxr" / mimic_jpg_path(subject, study, dicom)), seed, "mimic"))

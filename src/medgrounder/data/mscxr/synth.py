@@ -17,10 +17,8 @@ from medgrounder.core.labels import MSCXR_CATEGORIES
 from medgrounder.data.mscxr.layout import MSCXR_CSV, MSCXR_HEADER, mimic_jpg_path
 from medgrounder.data.synthetic import (
     finding_phrase,
-    mimic_ids,
-    patient_image_counts,
+    mimic_cohort,
     plan_chests,
-    split_patients,
     write_jpgs,
 )
 
@@ -41,10 +39,7 @@ def synth_mscxr(out: str | Path, n: int = 200, seed: int = 0, min_side: int = 32
     out = Path(out)
     rng = np.random.default_rng([seed, 7])
     plans = plan_chests(rng, n, min_side, max_side, (0.0, *FINDINGS_PER_IMAGE_P))
-    per_patient = patient_image_counts(rng, n)
-    ids = mimic_ids(rng, len(per_patient), per_patient)
-    patient_split = split_patients(rng, len(per_patient), MSCXR_SPLIT_P)
-    image_split = [s for s, count in zip(patient_split, per_patient, strict=True) for _ in range(count)]
+    ids, image_split = mimic_cohort(rng, n, MSCXR_SPLIT_P)
     rows, jobs = [], []
     for plan, (subject, study, dicom), split in zip(plans, ids, image_split, strict=True):
         path = mimic_jpg_path(subject, study, dicom)
@@ -60,7 +55,7 @@ def synth_mscxr(out: str | Path, n: int = 200, seed: int = 0, min_side: int = 32
         writer.writerow(MSCXR_HEADER)
         writer.writerows(rows)
     samples = {(r[0], r[2]): r[1] for r in rows}
-    return {"dataset": "mscxr", "out": str(out), "images": n, "patients": len(per_patient),
+    return {"dataset": "mscxr", "out": str(out), "images": n, "patients": len({subject for subject, _, _ in ids}),
             "samples": len(samples), "boxes": len(rows),
             "categories": {c: list(samples.values()).count(c) for c in MSCXR_CATEGORIES},
             "seconds": round(time.perf_counter() - start, 2)}
