@@ -51,13 +51,23 @@ def test_empty_vqa_answer_is_no_finding():
     assert parse_vqa(vqa_answer([])).labels == {"No finding"}
 
 
-def test_boxes_tolerate_spaces_clamp_and_swap():
+def test_boxes_tolerate_spaces_and_refuse_malformed_boxes():
+    """Issue 18 item 10: a box outside 0..100 or with swapped corners is not a box of the answer."""
     assert parse_boxes("{< 53 >< 28 > <65><36> }") == [(53, 28, 65, 36)]
-    assert parse_boxes("{<65><36><53><28>}") == [(53, 28, 65, 36)]
-    assert parse_boxes("{<-4><0><250><100>}") == [(0, 0, 100, 100)]
-    assert parse_boxes("{<1><2><3><" + "9" * 5000 + ">}") == [(1, 2, 3, 100)]
-    assert parse_boxes("{<1><2><3>}") == []
+    for malformed in ("{<65><36><53><28>}", "{<-4><0><250><100>}", "{<1><2><3><" + "9" * 5000 + ">}",
+                      "{<10><20><10><30>}", "{<+1><2><3><4>}", "{<1><2><3>}"):
+        assert parse_boxes(malformed) == [], malformed
+    assert parse_boxes("{<0><0><100><100>} {<007><2><8><9>}") == [(0, 0, 100, 100), (7, 2, 8, 9)]
     assert parse_boxes(None) == []
+
+
+@pytest.mark.parametrize("box", ["{<65><36><53><28>}", "{<0><0><101><9>}", "{<5><5><5><9>}"])
+def test_issue_18_item_10_malformed_boxes_never_make_an_answer_valid(box):
+    identify = parse_identify(f"<p>ILD</p> {box}, <p>Edema</p> {{<1><2><3><4>}}.")
+    assert not identify.valid and identify.findings == [("Edema", (1, 2, 3, 4))]
+    refer = parse_refer(f"{box}<delim>{{<1><2><3><4>}}")
+    assert not refer.valid and refer.findings == [("", (1, 2, 3, 4))]
+    assert not parse_refer(box).valid and parse_refer(box).findings == []
 
 
 def test_identify_tolerance():
@@ -114,10 +124,19 @@ def test_identify_invalid(text):
 
 def test_identify_invalid_keeps_partial_findings():
     p = parse_identify(
-        "<p>Unknown thing</p> {<9><9><9><9>}, <p>ILD</p> {<1><2><3><4>}, <p>Edema</p>"
+        "<p>Unknown thing</p> {<9><9><19><19>}, <p>ILD</p> {<1><2><3><4>}, <p>Edema</p>"
     )
     assert not p.valid
     assert p.findings == [("ILD", (1, 2, 3, 4))] and p.labels == {"ILD"}
+
+
+def test_audit_1_pairs_count_whatever_surrounds_them():
+    """Every well-formed ``<p>class</p> {box}`` pair (and its ``<delim>`` boxes) counts; text
+    between a tag and its box breaks the pair, a box without a tag or delimiter is no pair."""
+    p = parse_identify("Sure! Here: <p>ILD</p> {<1><2><3><4>}<delim> {<5><6><7><8>} and more chatter "
+                       "<p>Edema</p> looks like {<9><9><19><19>}, {<20><20><30><30>} <p>Nodule/Mass</p>{<1><1><2><2>}")
+    assert not p.valid
+    assert p.findings == [("ILD", (1, 2, 3, 4)), ("ILD", (5, 6, 7, 8)), ("Nodule/Mass", (1, 1, 2, 2))]
 
 
 def test_vqa_tolerance_and_aliases():

@@ -40,12 +40,20 @@ def localization_accuracy(
     - ``acc_strict@t``: per image and class, the maximum one-to-one matching among pairs with
       IoU > t (:func:`scipy.optimize.linear_sum_assignment`); ``matches / (num_gt + num_pred -
       matches)``, i.e. unmatched predictions count as errors besides missed GT boxes.
+    - ``acc_named@t`` (when samples carry ``named``, the set of classes the answer names): the
+      hits over the GT boxes whose class the answer names (LiteGPT section 4.5.2's "only
+      correctly classified findings are included"; audit A1 item 3), with ``num_gt_named``.
     - ``num_gt``, ``num_pred``: box counts. With no boxes at all every rate is 0.
     """
     hits = np.zeros(len(thresholds))
     matches = np.zeros(len(thresholds))
-    num_gt = num_pred = 0
+    num_gt = num_pred = num_named = 0
+    has_named = False
     for s in samples:
+        named = s.get("named")
+        if named is not None:
+            has_named = True
+            num_named += sum(1 for c, _ in s["gt"] if c in named)
         w, h = s["width"], s["height"]
         by_class: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
         for c, box in s["gt"]:
@@ -64,8 +72,12 @@ def localization_accuracy(
                 rows, cols = linear_sum_assignment(above, maximize=True)
                 matches[k] += above[rows, cols].sum()
     out: dict = {"num_gt": num_gt, "num_pred": num_pred}
+    if has_named:
+        out["num_gt_named"] = num_named
     for k, t in enumerate(thresholds):
         out[_key("acc", t)] = float(hits[k] / num_gt) if num_gt else 0.0
+        if has_named:
+            out[_key("acc_named", t)] = float(hits[k] / num_named) if num_named else 0.0
         denom = num_gt + num_pred - matches[k]
         out[_key("acc_strict", t)] = float(matches[k] / denom) if denom else 0.0
     return out

@@ -57,14 +57,19 @@ def localization_table(
     rows: Mapping[str, Mapping],
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     strict: bool = False,
+    named: bool = False,
 ) -> str:
     """Method | Accuracy@0.3 (%) | Accuracy@0.4 (%) | Accuracy@0.5 (%) as in LiteGPT table 3
-    (percent, 2 decimals); ``strict=True`` adds the one-to-one ``acc_strict@t`` columns."""
+    (percent, 2 decimals); ``strict=True`` adds the one-to-one ``acc_strict@t`` columns,
+    ``named=True`` the ``acc_named@t`` ones (GT boxes of the classes the answer names)."""
     keys = [f"acc@{t:g}" for t in thresholds]
     header = ["Method"] + [f"Accuracy@{t:g} (%)" for t in thresholds]
     if strict:
         keys += [f"acc_strict@{t:g}" for t in thresholds]
         header += [f"Strict@{t:g} (%)" for t in thresholds]
+    if named:
+        keys += [f"acc_named@{t:g}" for t in thresholds]
+        header += [f"Named@{t:g} (%)" for t in thresholds]
     body = [[name] + [_fmt(m.get(k), ".2f", 100) for k in keys] for name, m in rows.items()]
     return markdown_table(header, body)
 

@@ -62,7 +62,10 @@ __all__ = [
     "caption_tokens",
     "cider_d",
     "meteor",
+    "paper_text_metrics",
+    "remove_boxes",
     "rouge",
+    "sentence_lines",
     "strip_grounding",
     "text_metrics",
     "tokenize_13a",
@@ -75,12 +78,12 @@ TEXT_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu1", "bleu2", "bleu3
 DEBIAN_WORDNET = "/usr/share/wordnet"
 
 # ---------------------------------------------------------------------------------- ROUGE
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L/Lsum F-measures of ``rouge-score`` (no stemmer)."""
+def rouge(predictions: Sequence[str], references: Sequence[str], stem: bool = False) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F-measures of ``rouge-score`` (Porter stemming with ``stem``)."""
     from rouge_score import rouge_scorer
 
     keys = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=False)
+    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=stem)
     sums = dict.fromkeys(keys, 0.0)
     for p, r in zip(predictions, references, strict=True):
         s = scorer.score(r, p)
@@ -313,3 +316,55 @@ def text_metrics(predictions: Sequence[object], references: Sequence[object], ke
     out["cider"] = cider_d([caption_tokens(p) for p in preds], [caption_tokens(r) for r in refs])[0] if preds else 0.0
     return out
 
+
+
+# ------------------------------------------------------------------ the papers' protocol
+#: what LiteGPT's ``remove_bboxes`` removes: a box written without spaces (tags, commas and
+#: ``<delim>`` stay)
+REFERENCE_BOX_RE = re.compile(r"{<\d+><\d+><\d+><\d+>}")
+
+
+def remove_boxes(text: object) -> str:
+    """LiteGPT's localization-free text: only ``{<x1><y1><x2><y2>}`` boxes removed (non-str: ``""``)."""
+    return REFERENCE_BOX_RE.sub("", text) if isinstance(text, str) else ""
+
+
+def sentence_lines(text: str) -> str:
+    """``nltk.sent_tokenize`` sentences joined by newlines (what ROUGE-Lsum splits on), as
+    LiteGPT's ``compute_rouge`` does. Without nltk's downloadable ``punkt_tab`` model an untrained
+    Punkt splitter stands in (the two differ only on abbreviations with a period)."""
+    import nltk
+    from nltk.tokenize import PunktSentenceTokenizer
+
+    text = text.strip()
+    try:
+        sentences = nltk.sent_tokenize(text)
+    except LookupError:
+        sentences = PunktSentenceTokenizer().tokenize(text)
+    return "\n".join(sentences)
+
+
+def paper_text_metrics(predictions: Sequence[object], references: Sequence[object],
+                       meteor_backend: str | None = "nltk") -> dict:
+    """:data:`TEXT_KEYS` as LiteGPT's reference code measures them (its ``compute_text_validity``
+    on ``remove_bboxes`` text; audit A1 item 7), plus ``num_samples``:
+
+    - text: only the boxes removed (:func:`remove_boxes`); ``<p>`` tags, ``<delim>`` and commas stay;
+    - ROUGE: ``rouge-score`` with Porter stemming on :func:`sentence_lines` text (so ``rougeLsum``
+      differs from ``rougeL`` on several sentences); the mean F-measure (HF ``evaluate``'s default
+      aggregator reports a bootstrap estimate of that mean);
+    - BLEU-1..4 and METEOR: as :func:`text_metrics` (HF ``evaluate``'s, which the reference calls);
+    - CIDEr: the reference's ``compute_cider(preds, labels)`` passes the predictions as
+      ``gts``: the predictions are the corpus the document frequencies come from and the
+      references are scored against them; tokens are ``str.split`` (case and punctuation kept).
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    preds = [remove_boxes(p) for p in predictions]
+    refs = [remove_boxes(r) for r in references]
+    out: dict = {"num_samples": len(preds)}
+    out.update(rouge([sentence_lines(p) for p in preds], [sentence_lines(r) for r in refs], stem=True))
+    out.update(bleu([tokenize_13a(p) for p in preds], [tokenize_13a(r) for r in refs]))
+    out["meteor"] = meteor(preds, refs, meteor_backend)
+    out["cider"] = cider_d([r.split() for r in refs], [p.split() for p in preds])[0] if preds else 0.0
+    return out

@@ -18,14 +18,37 @@ import numpy as np
 
 from medgrounder.core.boxes import Box, GridBox, from_grid
 from medgrounder.core.template import prompt_suffix, render_prompt
-from medgrounder.metrics.text import text_metrics
+from medgrounder.metrics.text import paper_text_metrics, text_metrics
 from medgrounder.tasks.parse import Parsed
 
-__all__ = ["BASELINE", "Target", "Task", "class_prior_boxes", "sorted_boxes", "text_section"]
+__all__ = ["BASELINE", "PAPER", "PROTOCOLS", "Target", "Task", "class_prior_boxes", "paper_view", "protocol_parts",
+           "sorted_boxes", "text_section"]
 
 #: the prefix of a baseline's keys in a task's metrics (``baseline/acc@0.3``)
 BASELINE = "baseline/"
 TEXT = "text/"
+#: the prefix of the papers' protocol's keys in a task's metrics (``paper/acc@0.3``,
+#: ``baseline/paper/acc@0.3``); the clean protocol's keys have none (design section 7)
+PAPER = "paper/"
+#: the evaluation protocols (the run's ``protocol`` key, ``score --protocol``): ``clean`` the
+#: project's definitions, ``paper`` the reference code's measurement, ``both`` each beside the other
+PROTOCOLS = ("clean", "paper", "both")
+
+
+def protocol_parts(protocol: str) -> tuple[bool, bool]:
+    """``(clean, paper)``: which protocols' keys ``protocol`` asks for."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return protocol in ("clean", "both"), protocol in ("paper", "both")
+
+
+def paper_view(metrics: Mapping) -> dict:
+    """The papers' protocol's keys of a metrics section without their :data:`PAPER` prefix."""
+    return {k.removeprefix(PAPER): v for k, v in metrics.items() if k.startswith(PAPER)}
+
+
+def prefixed(prefix: str, metrics: Mapping) -> dict:
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
 
 
 @dataclass(frozen=True)
@@ -119,18 +142,25 @@ class Task:
         """A generated answer -> labels and grid boxes; never raises."""
         raise NotImplementedError
 
-    def score(self, rows: Sequence[Mapping], *, plus_one: bool = False, keep_tags: bool = False,
-              meteor: str | None = "nltk", text: bool = True) -> dict:
+    def score(self, rows: Sequence[Mapping], *, protocol: str = "clean", plus_one: bool = False,
+              keep_tags: bool = False, meteor: str | None = "nltk", text: bool = True) -> dict:
         """This task's section of ``metrics.json`` for ``rows``. Every task takes the same options
-        (a caller passes them without knowing the task) and uses those that apply: ``plus_one``
-        LiteGPT's +1 IoU on the grid; ``keep_tags`` / ``meteor`` the text metrics' settings;
-        ``text``: add the text metrics of the answers under ``text/`` (where the task has them)."""
+        (a caller passes them without knowing the task) and uses those that apply: ``protocol``
+        (:data:`PROTOCOLS`): the clean keys, the papers' under :data:`PAPER`, or both;
+        ``plus_one`` LiteGPT's +1 IoU on the grid and ``keep_tags`` / ``meteor`` the text metrics'
+        settings (of the clean keys: the papers' protocol fixes its own); ``text``: add the text
+        metrics of the answers under ``text/`` (where the task has them)."""
         raise NotImplementedError
 
-    def baseline(self, train: Sequence[Target], rows: Sequence[Mapping]) -> dict:
+    def baseline(self, train: Sequence[Target], rows: Sequence[Mapping], protocol: str = "clean") -> dict:
         """The metrics of a baseline fitted on the training targets, keys prefixed with
-        :data:`BASELINE`; ``{}`` when the task has none."""
+        :data:`BASELINE` (and :data:`PAPER` for the papers' protocol); ``{}`` when the task has none."""
         return {}
+
+    def budget_answers(self, train: Sequence[Target]) -> list[str]:
+        """The training answers a generation budget must cover: those of the targets this task
+        trains on (a localizing task trains on the targets with findings)."""
+        return [self.answer(t) for t in train if not self.localizes or t.findings]
 
     def report(self, metrics: Mapping, label: str | None = None, detailed: bool = False) -> str:
         """This task's markdown section of ``tables.md`` (and of ``score``'s output); ``label``
@@ -164,11 +194,16 @@ class Task:
         return label or f"model [{self.identifier}]"
 
 
-def text_section(rows: Sequence[Mapping], keep_tags: bool = False, meteor: str | None = "nltk") -> dict:
-    """The text metrics of the rows' answers (boxes and ``<p>`` tags stripped) under ``text/``
-    (LiteGPT tables 4-5)."""
-    m = text_metrics([r["prediction"] for r in rows], [r["reference"] for r in rows], keep_tags=keep_tags,
-                     meteor_backend=meteor)
+def text_section(rows: Sequence[Mapping], keep_tags: bool = False, meteor: str | None = "nltk",
+                 paper: bool = False) -> dict:
+    """The text metrics of the rows' answers under ``text/`` (LiteGPT tables 4-5): the clean ones
+    (boxes and ``<p>`` tags stripped, :func:`text_metrics`) or, with ``paper``, the reference
+    code's (:func:`paper_text_metrics`, ``keep_tags`` does not apply)."""
+    preds, refs = [r["prediction"] for r in rows], [r["reference"] for r in rows]
+    if paper:
+        m = paper_text_metrics(preds, refs, meteor_backend=meteor)
+    else:
+        m = text_metrics(preds, refs, keep_tags=keep_tags, meteor_backend=meteor)
     return {f"{TEXT}{k}": v for k, v in m.items() if k != "num_samples"}
 
 

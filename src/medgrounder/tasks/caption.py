@@ -5,8 +5,8 @@ tables 4-5 (:func:`~medgrounder.metrics.text.text_metrics`)."""
 
 from __future__ import annotations
 
-from medgrounder.metrics.text import text_metrics
-from medgrounder.tasks.base import Target, Task
+from medgrounder.metrics.text import TEXT_KEYS, paper_text_metrics, text_metrics
+from medgrounder.tasks.base import PAPER, Target, Task, prefixed, protocol_parts
 from medgrounder.tasks.parse import Parsed
 
 CAPTION_INSTRUCTIONS: tuple[str, ...] = (
@@ -34,10 +34,18 @@ class Caption(Task):
         """Any non-empty text is a caption."""
         return Parsed(isinstance(text, str) and bool(text.strip()))
 
-    def score(self, rows, *, plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
-        """:func:`~medgrounder.metrics.text.text_metrics` of the predictions against the references."""
-        return text_metrics([r["prediction"] for r in rows], [r["reference"] for r in rows], keep_tags=keep_tags,
-                            meteor_backend=meteor)
+    def score(self, rows, *, protocol="clean", plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
+        """:func:`~medgrounder.metrics.text.text_metrics` of the predictions against the references
+        (the papers' protocol: :func:`~medgrounder.metrics.text.paper_text_metrics` under ``paper/``)."""
+        clean, paper = protocol_parts(protocol)
+        preds, refs = [r["prediction"] for r in rows], [r["reference"] for r in rows]
+        out: dict = {"num_samples": len(rows)}
+        if clean:
+            out.update(text_metrics(preds, refs, keep_tags=keep_tags, meteor_backend=meteor))
+        if paper:
+            m = paper_text_metrics(preds, refs, meteor_backend=meteor)
+            out.update(prefixed(PAPER, {k: v for k, v in m.items() if k != "num_samples"}))
+        return out
 
     def text_scores(self, metrics) -> dict:
-        return dict(metrics)
+        return {k: v for k, v in metrics.items() if k in TEXT_KEYS}

@@ -16,20 +16,33 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from medgrounder.core.boxes import from_grid
-from medgrounder.core.grammar import BOX_DELIM, BOX_RE, DELIM_RE, PHRASE_RE, format_box
+from medgrounder.core.grammar import BOX_DELIM, BOX_RE, PHRASE_RE, format_box
 from medgrounder.core.labels import LOCAL_INDEX, LOCAL_LABELS
 from medgrounder.metrics.classification import multilabel_report
 from medgrounder.metrics.localization import DEFAULT_THRESHOLDS, localization_accuracy
 from medgrounder.metrics.tables import classification_table, localization_table
 from medgrounder.tasks.base import (
     BASELINE,
+    PAPER,
     Target,
     Task,
     class_prior_boxes,
+    paper_view,
+    prefixed,
+    protocol_parts,
     sorted_boxes,
     text_section,
 )
-from medgrounder.tasks.parse import Parsed, grid_box, norm, prefix_re
+from medgrounder.tasks.parse import (
+    GROUP_RE,
+    Pair,
+    Parsed,
+    grid_box,
+    grounded_pairs,
+    mentioned,
+    norm,
+    prefix_re,
+)
 
 LOCAL_PREFIX = "Local diseases of this chest radiograph are "
 NO_LOCAL_FINDINGS = "The chest radiograph shows no findings."
@@ -56,10 +69,11 @@ def identify_answer(findings: Iterable[tuple[str, Sequence[int]]]) -> str:
 
 
 # ------------------------------------------------------------------------------ parser
-_SEP_RE = re.compile(r"(?:[\s,;:.]+|and\b)", re.IGNORECASE)
-_TOKEN_START_RE = re.compile(r"[<{]")
 _LOCAL_PREFIX_RE = prefix_re(LOCAL_PREFIX)
 _LOCAL_NAMES = {norm(n): n for n in LOCAL_LABELS}
+#: groups separated by commas / semicolons / colons / periods / whitespace / "and" (or nothing)
+_SEP = r"(?:[\s,;:.]|\band\b)*"
+_BODY_RE = re.compile(f"{_SEP}(?:{GROUP_RE.pattern}{_SEP})+", re.IGNORECASE)
 _NO_FINDINGS_RES = [
     re.compile(p)
     for p in (
@@ -79,59 +93,53 @@ def _is_no_findings(text: str) -> bool:
     return any(r.fullmatch(body) for r in _NO_FINDINGS_RES)
 
 
+def identify_pairs(text: object) -> list[Pair]:
+    """The well-formed ``(local class, grid box)`` pairs of an answer
+    (:func:`~medgrounder.tasks.parse.grounded_pairs` over the 22 local labels): what both
+    evaluation protocols score, and what a caller attaching scores to boxes starts from."""
+    return grounded_pairs(text, _LOCAL_NAMES)
+
+
 def parse_identify(text: object) -> Parsed:
-    """Parse an ``[identify]`` answer into ``(local class, grid box)`` findings.
+    """Parse an ``[identify]`` answer into its ``(local class, grid box)`` pairs.
 
-    Grammar: optional :data:`LOCAL_PREFIX`, then groups ``<p>Class</p> box (<delim> box)*``
-    separated by commas / whitespace / "and", then an optional period. Class names match the
+    ``findings``: :func:`identify_pairs`, whatever the rest of the text is. Class names match the
     22 local labels case- and whitespace-insensitively; a class may repeat (its boxes add up).
-    A "no findings" sentence (e.g. :data:`NO_LOCAL_FINDINGS`) is valid with no findings.
 
-    Invalid (``valid=False``): empty or non-str text, an unknown class, a ``<p>`` phrase with
-    no box, a box before any phrase, a dangling ``<delim>``, or any other text (truncated
-    tokens, chatter). Findings of the known classes are still returned.
+    ``valid``: the whole answer follows the grammar: optional :data:`LOCAL_PREFIX`, then groups
+    ``<p>Class</p> box (<delim> box)*`` of known classes with well-formed boxes
+    (:func:`~medgrounder.tasks.parse.well_formed_box`), separated by commas / whitespace / "and",
+    then an optional period; or a "no findings" sentence (e.g. :data:`NO_LOCAL_FINDINGS`), valid
+    with no findings. An unknown class, a phrase with no box, an orphan box, a dangling
+    ``<delim>``, a malformed box or any other text (truncation, chatter) makes it invalid.
     """
     if not isinstance(text, str) or not text.strip():
         return Parsed(False)
     if not BOX_RE.search(text) and not PHRASE_RE.search(text) and _is_no_findings(text):
         return Parsed(True)
-
-    m = _LOCAL_PREFIX_RE.match(text)
-    pos = m.end() if m else 0
-    valid = True
-    findings: list[tuple[str, tuple[int, int, int, int]]] = []
-    current: str | None = None  # canonical class of the open group, "" if unknown
-    n_boxes = 0  # boxes in the open group
-    pending_delim = False  # a <delim> waiting for its box
-    n_groups = 0
-    while pos < len(text):
-        if m := _SEP_RE.match(text, pos):
-            pos = m.end()
-        elif m := PHRASE_RE.match(text, pos):
-            if (current is not None and n_boxes == 0) or pending_delim:
-                valid = False
-            current = _LOCAL_NAMES.get(norm(m.group(1)), "")
-            valid &= bool(current)
-            n_boxes, pending_delim, n_groups = 0, False, n_groups + 1
-            pos = m.end()
-        elif m := BOX_RE.match(text, pos):
-            if current is None:
-                valid = False
-            elif current:
-                findings.append((current, grid_box(m)))
-            n_boxes, pending_delim = n_boxes + 1, False
-            pos = m.end()
-        elif m := DELIM_RE.match(text, pos):
-            valid &= n_boxes > 0 and not pending_delim
-            pending_delim = True
-            pos = m.end()
-        else:  # unrecognised text: skip to the next possible token
-            valid = False
-            nxt = _TOKEN_START_RE.search(text, pos + 1)
-            pos = nxt.start() if nxt else len(text)
-    if n_groups == 0 or n_boxes == 0 or pending_delim:
-        valid = False
+    findings = [(p.label, p.box) for p in identify_pairs(text)]
+    body = _strip_prefix(text)
+    valid = _BODY_RE.fullmatch(body) is not None
+    if valid:  # the grammar holds; every name known and every box well formed
+        groups = list(GROUP_RE.finditer(body))
+        valid = all(norm(g.group(1)) in _LOCAL_NAMES for g in groups) and \
+            sum(1 for g in groups for _ in BOX_RE.finditer(body, g.start(), g.end())) == len(findings)
     return Parsed(valid, findings, {c for c, _ in findings})
+
+
+def reference_findings(text: object) -> Parsed:
+    """An ``[identify]`` reference (an answer the task wrote): its pairs read leniently
+    (:func:`~medgrounder.tasks.parse.grid_box`), valid as :func:`parse_identify` says except for
+    box geometry."""
+    parsed = parse_identify(text)
+    pairs = [(p.label, p.box) for p in grounded_pairs(text, _LOCAL_NAMES, read_box=grid_box)]
+    valid = parsed.valid or (bool(pairs) and _BODY_RE.fullmatch(_strip_prefix(text)) is not None)
+    return Parsed(valid, pairs, {c for c, _ in pairs})
+
+
+def _strip_prefix(text: str) -> str:
+    m = _LOCAL_PREFIX_RE.match(text)
+    return text[m.end() if m else 0 :]
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -140,36 +148,66 @@ def gt_findings(row: Mapping) -> list[tuple[str, tuple[float, ...]]]:
     x2, y2]`` in pixels) when present, else the parsed ``reference`` mapped from the grid."""
     if row.get("gt_boxes") is not None:
         return [(str(b[0]), tuple(float(v) for v in b[1:5])) for b in row["gt_boxes"]]
-    ref = parse_identify(row["reference"])
+    ref = reference_findings(row["reference"])
     if not ref.valid:
         raise ValueError(f"row {row.get('id')!r}: unparseable reference {row['reference']!r}")
     w, h = row["image_width"], row["image_height"]
     return [(c, from_grid(g, w, h)) for c, g in ref.findings]
 
 
-def vindr_identify_metrics(
-    rows: Sequence[Mapping],
-    plus_one: bool = False,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-) -> dict:
-    """``[identify]`` metrics: ``valid_rate`` (fraction of predictions that parse),
-    :func:`localization_accuracy` keys (``acc@t``, ``acc_strict@t``, ``num_gt``, ``num_pred``),
-    ``num_samples`` and the 22-local-label :func:`multilabel_report` under ``local/``, where an
-    image's labels are the classes mentioned with boxes (GT classes vs predicted classes)."""
+def with_findings(rows: Sequence[Mapping]) -> list[Mapping]:
+    """The rows whose image has at least one local finding: the test images LiteGPT's
+    ``[identify]`` numbers cover (its stage 1 trains on them; audit A1 item 4)."""
+    return [r for r in rows if gt_findings(r)]
+
+
+def _identify_scores(rows: Sequence[Mapping], plus_one: bool, thresholds: Sequence[float], paper: bool) -> dict:
     samples, y_true, y_pred, n_valid = [], [], [], 0
     for row in rows:
         gt = gt_findings(row)
         parsed = parse_identify(row.get("prediction"))
         n_valid += parsed.valid
-        pred = parsed.findings if parsed.valid else []
-        samples.append(
-            {"width": row["image_width"], "height": row["image_height"], "gt": gt, "pred": pred}
-        )
+        # the clean protocol reads the classes off the pairs, the papers' off any mention
+        named = mentioned(row.get("prediction"), _LOCAL_NAMES) if paper else parsed.labels
+        samples.append({"width": row["image_width"], "height": row["image_height"], "gt": gt,
+                        "pred": parsed.findings, "named": named})
         y_true.append({c for c, _ in gt})
-        y_pred.append({c for c, _ in pred})
+        y_pred.append(named)
     out = {"num_samples": len(samples), "valid_rate": n_valid / len(samples) if samples else 0.0}
     out.update(localization_accuracy(samples, thresholds, plus_one=plus_one))
     out.update({f"local/{k}": v for k, v in multilabel_report(y_true, y_pred, LOCAL_LABELS).items()})
+    return out
+
+
+def vindr_identify_metrics(
+    rows: Sequence[Mapping],
+    plus_one: bool = False,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    protocol: str = "clean",
+) -> dict:
+    """``[identify]`` metrics, pair by pair (every well-formed pair of :func:`identify_pairs`
+    counts, valid answer or not).
+
+    Clean protocol, over every test row: ``valid_rate`` (fraction of predictions that follow the
+    grammar: a diagnostic), :func:`localization_accuracy` keys (``acc@t``, ``acc_strict@t``,
+    ``acc_named@t``, ``num_gt``, ``num_pred``, ``num_gt_named``; pixel IoU unless ``plus_one``),
+    ``num_samples`` and the 22-local-label :func:`multilabel_report` under ``local/``, an image's
+    labels being the classes of its pairs (GT classes vs predicted classes).
+
+    Papers' protocol (``paper/`` keys; audit A1 items 2-5): the same keys over the rows whose
+    image has local findings (:func:`with_findings`), Accuracy@t with the +1 IoU on the 0-100
+    grid, and the predicted labels (of ``local/`` and ``acc_named@t``) every local label named
+    anywhere in the answer (:func:`~medgrounder.tasks.parse.mentioned`).
+    """
+    clean, paper = protocol_parts(protocol)
+    out: dict = {}
+    if clean:
+        out.update(_identify_scores(rows, plus_one, thresholds, paper=False))
+    if paper:
+        out.update(prefixed(PAPER, _identify_scores(with_findings(rows), True, thresholds, paper=True)))
+    if not clean:  # the diagnostics of every row stay unprefixed
+        n = len(rows)
+        out.update(num_samples=n, valid_rate=sum(parse_identify(r.get("prediction")).valid for r in rows) / n if n else 0.0)
     return out
 
 
@@ -223,25 +261,56 @@ class Identify(Task):
     def parse(self, text: object) -> Parsed:
         return parse_identify(text)
 
-    def score(self, rows, *, plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
-        """:func:`vindr_identify_metrics`; with ``text``, LiteGPT tables 4-5's text metrics."""
-        metrics = vindr_identify_metrics(rows, plus_one=plus_one)
+    def score(self, rows, *, protocol="clean", plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
+        """:func:`vindr_identify_metrics`; with ``text``, LiteGPT tables 4-5's text metrics (the
+        papers' over the rows with findings, as its numbers)."""
+        metrics = vindr_identify_metrics(rows, plus_one=plus_one, protocol=protocol)
         if text:
-            metrics.update(text_section(rows, keep_tags, meteor))
+            clean, paper = protocol_parts(protocol)
+            if clean:
+                metrics.update(text_section(rows, keep_tags, meteor))
+            if paper:
+                metrics.update(prefixed(PAPER, text_section(with_findings(rows), meteor=meteor, paper=True)))
         return metrics
 
-    def baseline(self, train, rows) -> dict:
-        """:func:`mean_box_baseline`'s Accuracy@t (``baseline/acc@t``)."""
-        m = mean_box_baseline((f for t in train for f in t.findings), rows)
-        return {f"{BASELINE}{k}": v for k, v in m.items() if k.startswith("acc@")}
+    def baseline(self, train, rows, protocol="clean") -> dict:
+        """:func:`mean_box_baseline`'s Accuracy@t (``baseline/acc@t``; ``baseline/paper/acc@t``:
+        +1 grid IoU over the rows with findings)."""
+        clean, paper = protocol_parts(protocol)
+        train_findings = [f for t in train for f in t.findings]
+        out = {}
+        if clean:
+            m = mean_box_baseline(train_findings, rows)
+            out.update({f"{BASELINE}{k}": v for k, v in m.items() if k.startswith("acc@")})
+        if paper:
+            m = mean_box_baseline(train_findings, with_findings(rows), plus_one=True)
+            out.update({f"{BASELINE}{PAPER}{k}": v for k, v in m.items() if k.startswith("acc@")})
+        return out
 
     def report(self, metrics, label=None, detailed=False) -> str:
-        rows = {self._label(label): metrics}
+        """The Accuracy@t table (rows: the model and the baseline in each protocol present), the
+        valid rate, and the local-label report of each protocol."""
+        name = self._label(label)
         base = {k.removeprefix(BASELINE): v for k, v in metrics.items() if k.startswith(BASELINE)}
-        if base:
-            rows["mean-box baseline (oracle class)"] = base
-        return "\n".join([localization_table(rows, strict=detailed), "", f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}",
-                          "", classification_table(metrics, LOCAL_LABELS, "local/", "Local labels")])
+        paper, base_paper = paper_view(metrics), paper_view(base)
+        rows = {}
+        if paper:
+            rows[f"{name}, papers' protocol (+1 grid IoU, images with findings)"] = paper
+            if base_paper:
+                rows["mean-box baseline (oracle class), papers' protocol"] = base_paper
+        if "acc@0.3" in metrics:
+            rows[f"{name}, clean protocol" if paper else name] = metrics
+            if any(k.startswith("acc@") for k in base):
+                rows["mean-box baseline (oracle class)" + (", clean protocol" if paper else "")] = base
+        parts = [localization_table(rows, strict=detailed, named=detailed), "",
+                 f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}", ""]
+        if paper:
+            parts += [classification_table(paper, LOCAL_LABELS, "local/",
+                                           "Local labels, papers' protocol (names mentioned; images with findings)"), ""]
+        if "local/micro/f1" in metrics:
+            parts += [classification_table(metrics, LOCAL_LABELS, "local/",
+                                           "Local labels, clean protocol" if paper else "Local labels")]
+        return "\n".join(parts).rstrip("\n")
 
     def gt_boxes(self, row):
         return [(b[0], b[1:]) for b in row["gt_boxes"]]

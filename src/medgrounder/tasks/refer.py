@@ -19,8 +19,18 @@ from medgrounder.core.grammar import BOX_DELIM, BOX_RE, DELIM_RE, format_box
 from medgrounder.core.labels import MSCXR_CATEGORIES
 from medgrounder.metrics.overlap import box_iou_dice, pixel_boxes
 from medgrounder.metrics.tables import refer_table
-from medgrounder.tasks.base import BASELINE, Target, Task, class_prior_boxes, sorted_boxes
-from medgrounder.tasks.parse import Parsed, parse_boxes
+from medgrounder.tasks.base import (
+    BASELINE,
+    PAPER,
+    Target,
+    Task,
+    class_prior_boxes,
+    paper_view,
+    prefixed,
+    protocol_parts,
+    sorted_boxes,
+)
+from medgrounder.tasks.parse import Pair, Parsed, well_formed_box
 
 #: ``{}`` is replaced by the label text (the phrase to ground).
 REFER_INSTRUCTIONS: tuple[str, ...] = (
@@ -50,29 +60,40 @@ def refer_answer(grid_boxes: Iterable[Sequence[int]]) -> str:
     return BOX_DELIM.join(format_box(b) for b in boxes)
 
 
-def parse_refer(text: object) -> Parsed:
-    """Parse a ``[refer]`` answer: boxes joined by ``<delim>``, ``findings = [("", box), ...]``.
+def refer_pairs(text: object) -> list[Pair]:
+    """Every well-formed box of a ``[refer]`` answer, label ``""``, in text order (what scoring
+    counts, wherever the box sits)."""
+    if not isinstance(text, str):
+        return []
+    return [Pair("", b, m.span()) for m in BOX_RE.finditer(text) if (b := well_formed_box(m)) is not None]
 
-    Valid when there is at least one box and nothing else but whitespace, delimiters and
-    punctuation (``.,;``); the boxes are returned either way.
+
+def parse_refer(text: object) -> Parsed:
+    """Parse a ``[refer]`` answer: boxes joined by ``<delim>``, ``findings = [("", box), ...]``
+    (every well-formed box, :func:`refer_pairs`).
+
+    Valid when there is at least one box, every box is well formed and there is nothing else but
+    whitespace, delimiters and punctuation (``.,;``); the boxes are returned either way.
     """
     if not isinstance(text, str):
         return Parsed(False)
-    findings = [("", b) for b in parse_boxes(text)]
+    findings = [("", p.box) for p in refer_pairs(text)]
     rest = DELIM_RE.sub(" ", BOX_RE.sub(" ", text))
-    valid = bool(findings) and re.fullmatch(r"[\s.,;]*", rest) is not None
+    valid = (bool(findings) and len(findings) == len(BOX_RE.findall(text))
+             and re.fullmatch(r"[\s.,;]*", rest) is not None)
     return Parsed(valid, findings, set())
 
 
 def mscxr_sample_scores(row: Mapping) -> tuple[bool, float, float]:
-    """``(valid, iou, dice)`` of one ``[refer]`` row: the prediction's grid boxes (several may be
-    joined by ``<delim>``) mapped to pixels, against ``gt_boxes`` (pixels); invalid output is 0."""
+    """``(valid, iou, dice)`` of one ``[refer]`` row: the prediction's well-formed grid boxes
+    (several may be joined by ``<delim>``; valid answer or not) mapped to pixels, against
+    ``gt_boxes`` (pixels); an output without a box scores 0."""
     parsed = parse_refer(row.get("prediction"))
-    if not parsed.valid:
-        return False, 0.0, 0.0
+    if not parsed.findings:
+        return parsed.valid, 0.0, 0.0
     w, h = row["image_width"], row["image_height"]
     pred = [from_grid(g, w, h) for _, g in parsed.findings]
-    return (True, *box_iou_dice(pred, pixel_boxes(row["gt_boxes"])))
+    return (parsed.valid, *box_iou_dice(pred, pixel_boxes(row["gt_boxes"])))
 
 
 def mscxr_refer_metrics(rows: Sequence[Mapping], categories: Sequence[str] = MSCXR_CATEGORIES) -> dict:
@@ -80,7 +101,7 @@ def mscxr_refer_metrics(rows: Sequence[Mapping], categories: Sequence[str] = MSC
 
     Per sample, IoU and Dice between the union of the predicted boxes and the union of the
     ground-truth boxes, as masks in original pixels (:func:`box_iou_dice`); an invalid output
-    scores 0 and still counts. ``iou/<category>`` and ``dice/<category>`` average the samples of
+    scores its well-formed boxes (none: 0) and still counts. ``iou/<category>`` and ``dice/<category>`` average the samples of
     a category; ``iou/mean`` / ``dice/mean`` average the categories that have samples (the 8 of
     MS-CXR in the paper); ``iou/weighted`` / ``dice/weighted`` average all samples (PFMVG's wIoU
     and wDice: categories weighted by their sample counts). Also ``num/<category>``,
@@ -160,20 +181,38 @@ class Refer(Task):
     def parse(self, text: object) -> Parsed:
         return parse_refer(text)
 
-    def score(self, rows, *, plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
-        """:func:`mscxr_refer_metrics` (the options do not apply)."""
-        return mscxr_refer_metrics(rows)
+    def score(self, rows, *, protocol="clean", plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
+        """:func:`mscxr_refer_metrics`. PFMVG publishes no scoring code: its protocol's keys
+        (``paper/...``) are the same definitions, named apart so a table never mixes them up
+        (the other options do not apply)."""
+        clean, paper = protocol_parts(protocol)
+        m = mscxr_refer_metrics(rows)
+        out = dict(m) if clean else {k: m[k] for k in ("num_samples", "valid_rate")}
+        if paper:
+            out.update(prefixed(PAPER, {k: v for k, v in m.items() if k.startswith(("iou/", "dice/"))}))
+        return out
 
-    def baseline(self, train, rows) -> dict:
-        """:func:`mscxr_mean_box_baseline`'s IoU and Dice (``baseline/iou/...``, ``baseline/dice/...``)."""
+    def baseline(self, train, rows, protocol="clean") -> dict:
+        """:func:`mscxr_mean_box_baseline`'s IoU and Dice (``baseline/iou/...``, ``baseline/dice/...``;
+        ``baseline/paper/...`` the same under the papers' protocol)."""
+        clean, paper = protocol_parts(protocol)
         m = mscxr_mean_box_baseline((f for t in train for f in t.findings), rows)
-        return {f"{BASELINE}{k}": v for k, v in m.items() if k.startswith(("iou/", "dice/"))}
+        kept = {k: v for k, v in m.items() if k.startswith(("iou/", "dice/"))}
+        return {**(prefixed(BASELINE, kept) if clean else {}), **(prefixed(BASELINE + PAPER, kept) if paper else {})}
 
     def report(self, metrics, label=None, detailed=False) -> str:
-        rows = {self._label(label): metrics}
+        name = self._label(label)
         base = {k.removeprefix(BASELINE): v for k, v in metrics.items() if k.startswith(BASELINE)}
-        if base:
-            rows["mean-box baseline (category prior)"] = base
+        clean_base = {k: v for k, v in base.items() if not k.startswith(PAPER)}
+        rows = {}
+        if "iou/mean" in metrics:
+            rows[name] = metrics
+        elif paper_view(metrics):  # PFMVG's protocol is the clean one (same definitions)
+            rows[f"{name}, papers' protocol"] = paper_view(metrics)
+        if clean_base:
+            rows["mean-box baseline (category prior)"] = clean_base
+        elif paper_view(base):
+            rows["mean-box baseline (category prior)"] = paper_view(base)
         parts = []
         for metric, title in (("iou", "IoU"), ("dice", "Dice")):
             parts += [f"MS-CXR [{self.identifier}] {title} (PFMVG tables 1-4)", "", refer_table(rows, metric), ""]

@@ -14,8 +14,16 @@ import numpy as np
 from medgrounder.core.labels import GLOBAL_ALIASES, GLOBAL_INDEX, GLOBAL_LABELS, NO_FINDING
 from medgrounder.metrics.classification import binary_report, multilabel_report
 from medgrounder.metrics.tables import classification_table
-from medgrounder.tasks.base import Target, Task, text_section
-from medgrounder.tasks.parse import Parsed, norm, prefix_re
+from medgrounder.tasks.base import (
+    PAPER,
+    Target,
+    Task,
+    paper_view,
+    prefixed,
+    protocol_parts,
+    text_section,
+)
+from medgrounder.tasks.parse import Parsed, mentioned, norm, prefix_re
 
 GLOBAL_PREFIX = "Global diseases of this chest radiograph are "
 # LiteGPT section 4.4, stage 2.
@@ -44,8 +52,8 @@ def parse_vqa(text: object) -> Parsed:
     Grammar: optional :data:`GLOBAL_PREFIX`, items separated by ``,`` / ``;`` / "and" / ``&``,
     optional final period. Each whole item must name a global label (case-insensitive; the
     aliases "Other diseases" and "No findings" are accepted); there is no substring search, so
-    "no pneumonia" is an unknown item. Unknown items or no items make the answer invalid; the
-    known items are still returned in ``labels``.
+    "no pneumonia" is an unknown item. ``labels``: the known items, whatever the others (pair by
+    pair); ``valid``: every item known and at least one.
     """
     if not isinstance(text, str) or not text.strip():
         return Parsed(False)
@@ -59,16 +67,12 @@ def parse_vqa(text: object) -> Parsed:
     return Parsed(valid, [], labels)  # type: ignore[arg-type]
 
 
-def vindr_vqa_metrics(rows: Sequence[Mapping]) -> dict:
-    """``[vqa]`` metrics: ``valid_rate``, ``num_samples``, the 6-global-label
-    :func:`multilabel_report` under ``global/`` and LiteGPT Table 1's binary task.
+def mentioned_global(text: object) -> set[str]:
+    """The global labels named anywhere in the answer (the papers' protocol; audit A1 item 5)."""
+    return mentioned(text, _GLOBAL_NAMES)
 
-    Binary task: an image is *finding* when its labels contain any global label except
-    "No finding". ``finding/precision|recall|f1|support`` score the finding class,
-    ``no_finding/...`` the no-finding class, ``finding/accuracy`` the fraction of images whose
-    binary decision is right. An invalid prediction has no labels; it never earns credit: in
-    the binary task it counts as the wrong decision for its image.
-    """
+
+def _vqa_scores(rows: Sequence[Mapping], paper: bool) -> dict:
     y_true, y_pred, t_bin, p_bin, n_valid = [], [], [], [], 0
     for row in rows:
         ref = parse_vqa(row["reference"])
@@ -76,18 +80,51 @@ def vindr_vqa_metrics(rows: Sequence[Mapping]) -> dict:
             raise ValueError(f"row {row.get('id')!r}: unparseable reference {row['reference']!r}")
         parsed = parse_vqa(row.get("prediction"))
         n_valid += parsed.valid
-        pred = parsed.labels if parsed.valid else set()
         y_true.append(ref.labels)
+        if paper:  # every label named anywhere; "Finding" unless "No finding" is named
+            pred = mentioned_global(row.get("prediction"))
+            truth = NO_FINDING not in ref.labels
+            decision = NO_FINDING not in pred
+        else:  # the known items; an answer with none takes the wrong decision
+            pred = parsed.labels
+            truth = bool(ref.labels - {NO_FINDING})
+            decision = bool(pred - {NO_FINDING}) if pred else not truth
         y_pred.append(pred)
-        truth = bool(ref.labels - {NO_FINDING})
         t_bin.append(truth)
-        p_bin.append(bool(pred - {NO_FINDING}) if pred else not truth)
+        p_bin.append(decision)
     n = len(y_true)
     out = {"num_samples": n, "valid_rate": n_valid / n if n else 0.0}
     out.update({f"global/{k}": v for k, v in multilabel_report(y_true, y_pred, GLOBAL_LABELS).items()})
     out.update(binary_report(t_bin, p_bin, "finding"))
     out.update(binary_report([not v for v in t_bin], [not v for v in p_bin], "no_finding"))
     out["finding/accuracy"] = float(np.mean(np.equal(t_bin, p_bin))) if n else 0.0
+    return out
+
+
+def vindr_vqa_metrics(rows: Sequence[Mapping], protocol: str = "clean") -> dict:
+    """``[vqa]`` metrics: ``valid_rate`` (a diagnostic), ``num_samples``, the 6-global-label
+    :func:`multilabel_report` under ``global/`` and LiteGPT Table 1's binary task.
+
+    Binary task: ``finding/precision|recall|f1|support`` score the finding class,
+    ``no_finding/...`` the no-finding class, ``finding/accuracy`` the fraction of images whose
+    binary decision is right.
+
+    Clean protocol: the predicted labels are the answer's known items (:func:`parse_vqa`, an
+    unknown item drops only itself); an image is *finding* when its labels contain a global
+    label other than "No finding"; an answer naming no label takes the wrong decision.
+    Papers' protocol (``paper/`` keys): every global label named anywhere in the answer
+    (:func:`mentioned_global`); the decision is *finding* unless "No finding" is named, the
+    truth *finding* unless the reference names "No finding" (LiteGPT's reference code).
+    """
+    clean, paper = protocol_parts(protocol)
+    out: dict = {}
+    if clean:
+        out.update(_vqa_scores(rows, paper=False))
+    if paper:
+        m = _vqa_scores(rows, paper=True)
+        out.update(prefixed(PAPER, {k: v for k, v in m.items() if k not in ("num_samples", "valid_rate")}))
+        out.setdefault("num_samples", m["num_samples"])
+        out.setdefault("valid_rate", m["valid_rate"])
     return out
 
 
@@ -111,13 +148,23 @@ class Vqa(Task):
     def parse(self, text: object) -> Parsed:
         return parse_vqa(text)
 
-    def score(self, rows, *, plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
+    def score(self, rows, *, protocol="clean", plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
         """:func:`vindr_vqa_metrics`; with ``text``, LiteGPT tables 4-5's text metrics."""
-        metrics = vindr_vqa_metrics(rows)
+        metrics = vindr_vqa_metrics(rows, protocol)
         if text:
-            metrics.update(text_section(rows, keep_tags, meteor))
+            clean, paper = protocol_parts(protocol)
+            if clean:
+                metrics.update(text_section(rows, keep_tags, meteor))
+            if paper:
+                metrics.update(prefixed(PAPER, text_section(rows, meteor=meteor, paper=True)))
         return metrics
 
     def report(self, metrics, label=None, detailed=False) -> str:
-        return "\n".join([classification_table(metrics, GLOBAL_LABELS, "global/", "Global labels"), "",
-                          f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}"])
+        paper = paper_view(metrics)
+        parts = []
+        if paper:
+            parts += [classification_table(paper, GLOBAL_LABELS, "global/", "Global labels, papers' protocol (names mentioned)"), ""]
+        if "global/micro/f1" in metrics:
+            parts += [classification_table(metrics, GLOBAL_LABELS, "global/",
+                                           "Global labels, clean protocol" if paper else "Global labels"), ""]
+        return "\n".join([*parts, f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}"])
