@@ -32,7 +32,7 @@ def _batches_by_step(probe) -> dict[tuple[str, int], dict[int, list[str]]]:
 def test_ddp_two_cpu_processes_train_and_evaluate(synth_vindr_root, tmp_path):
     out, probe = tmp_path / "run", tmp_path / "batches"
     args = [f"data.root={synth_vindr_root}", "data.synth=null", "data.batch_size=2", "data.eval_batch_size=4",
-            "data.decode_workers=1", "tower_pretraining=null", "model.max_new_tokens=8", "trainer=ddp",
+            "data.decode_workers=1", "tower_pretraining=null", "model.max_new_tokens=8", "check_generation_budgets=false", "trainer=ddp",
             "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
             "trainer.enable_progress_bar=false", "num_figure_images=1", "logger.wandb.mode=disabled",
             "stages.identify.max_steps=6", "stages.vqa.max_steps=2", f"hydra.run.dir={out}",

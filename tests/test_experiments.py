@@ -116,10 +116,11 @@ def _point_data_at(data, roots) -> None:
 def tiny_experiment(name: str, out: Path, roots: dict, steps: int = 2):
     cfg = compose_train([f"+experiment={name}", "scale=tiny", f"paths.output_dir={out}", "~logger.wandb",
                          "tower_pretraining.steps=2", f"tower_pretraining.cache_dir={out}/towers",
-                         "model.max_new_tokens=10", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
+                         "model.max_new_tokens=10", "check_generation_budgets=false", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
                          "num_figure_images=2"])
     _point_data_at(cfg.data, roots)
     for stage in cfg.stages.values():
+        stage.max_new_tokens = None  # the experiments' budgets, cut to model.max_new_tokens for speed
         if stage.max_steps != 0:  # 0: evaluation only (the ablations without a stage)
             stage.max_steps, stage.max_epochs = steps, -1
     return cfg

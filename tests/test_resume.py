@@ -69,7 +69,7 @@ def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(synth_vindr_r
     then the same command to the end: metrics, predictions and weights equal an uninterrupted
     run's. Attention dropout makes the result depend on the restored RNG too."""
     args = [f"data.root={synth_vindr_root}", "data.synth=null", "data.batch_size=4", "data.eval_batch_size=8",
-            "data.decode_workers=1", "tower_pretraining=null", "model.max_new_tokens=12",
+            "data.decode_workers=1", "tower_pretraining=null", "model.max_new_tokens=12", "check_generation_budgets=false",
             "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "num_figure_images=1",
             "stages.identify.max_steps=12", "stages.identify.iters_per_epoch=5", "stages.vqa.max_steps=5",
             "checkpointing.every_n_train_steps=3", "trainer.log_every_n_steps=2",

@@ -36,8 +36,18 @@ def test_assemble_puts_each_run_beside_the_paper():
     text = assemble(TABLES["pfmvg_table3"], runs)
     lines = text.splitlines()
     assert "| stage 2 only (paper) | 0.418 | 0.159 | 0.345 | 0.419 | 0.409 | 0.607 | 0.24 | 0.256 | 0.357 | 0.374 |" in lines
-    assert "| stage 2 only (this run) | - | - | - | - | 0.500 | - | - | - | 0.250 | 0.312 |" in lines
+    assert "| stage 2 only (this run, clean) | - | - | - | - | 0.500 | - | - | - | 0.250 | 0.312 |" in lines
+    assert not any("papers' protocol" in line for line in lines)  # the run has no paper/ keys
     assert any(line.startswith("| no fine-tuning (this run) | not run") for line in lines)
+
+
+def test_assemble_prints_the_papers_protocol_beside_the_paper_and_the_clean_figure_after():
+    runs = {"litegpt_dual": {"vindr_identify": {"acc@0.3": 0.1, "acc@0.4": 0.05, "acc@0.5": 0.02,
+                                                "paper/acc@0.3": 0.125, "paper/acc@0.4": 0.0625, "paper/acc@0.5": 0.03125}}}
+    lines = assemble(TABLES["litegpt_table3"], runs).splitlines()
+    at = lines.index("| BiomedCLIP + PubMedCLIP - Llama 2 (paper) | 12.54 | 10.5 | 8.12 |")
+    assert lines[at + 1] == "| BiomedCLIP + PubMedCLIP - Llama 2 (this run, papers' protocol) | 12.50 | 6.25 | 3.12 |"
+    assert lines[at + 2] == "| BiomedCLIP + PubMedCLIP - Llama 2 (this run, clean) | 10.00 | 5.00 | 2.00 |"
 
 
 @pytest.mark.slow
@@ -48,7 +58,7 @@ def test_ablation_script_runs_the_sweep_and_builds_the_table(tmp_path):
            # ++: keys the base config (the demo, which Hydra composes first for the sweep) lacks
            f"paths.data_dir={tmp_path}/data", "data.synth.n=24", "++data.synth.min_side=96", "++data.synth.max_side=128",
            "data.num_workers=0", "data.decode_workers=1", "++stages.refer.max_epochs=1", "tower_pretraining.steps=2",
-           "model.max_new_tokens=8", "~logger.wandb", "trainer.enable_progress_bar=false"]
+           "model.max_new_tokens=8", "++stages.refer.max_new_tokens=8", "check_generation_budgets=false", "~logger.wandb", "trainer.enable_progress_bar=false"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = collect(sweep)
@@ -58,7 +68,7 @@ def test_ablation_script_runs_the_sweep_and_builds_the_table(tmp_path):
         assert (job / "checkpoints" / "refer.pt").is_file(), name
     table = (sweep / "pfmvg_table3.md").read_text()
     assert table in done.stdout
-    row = next(line for line in table.splitlines() if line.startswith("| no fine-tuning (this run)"))
+    row = next(line for line in table.splitlines() if line.startswith("| no fine-tuning (this run, papers' protocol)"))
     assert row.split(" | ")[-1].rstrip(" |") == f"{runs['pfmvg_zero_shot']['mscxr_refer']['iou/weighted']:.3f}"
     assert "| Ours (stage 1 + stage 2) (this run) | not run" in table
 

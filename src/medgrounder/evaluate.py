@@ -28,12 +28,16 @@ from medgrounder.pipeline.reports import write_reports
 from medgrounder.utils.logging import flatten_metrics, log_wandb_predictions, wandb_logger
 
 
-def evaluate_checkpoint(ckpt_path: str | Path, out_dir: str | Path, num_figure_images: int = 8) -> dict:
+def evaluate_checkpoint(ckpt_path: str | Path, out_dir: str | Path, num_figure_images: int = 8,
+                        protocol: str = "both") -> dict:
     """Rebuild the model from a stage checkpoint (:func:`load_checkpoint_module`) and evaluate
-    that stage's task on the test split; writes the reports into ``out_dir``."""
+    that stage's task on the test split in ``protocol`` (``clean | paper | both``), with the
+    stage's generation budget (``stages.<stage>.max_new_tokens``, else ``model.max_new_tokens``);
+    writes the reports into ``out_dir``."""
     module, run_cfg, stage, data = load_checkpoint_module(ckpt_path)
     task = run_cfg.stages[stage].task
-    metrics, rows, figure = evaluate_task(module, data(), task, num_figure_images)
+    budget = run_cfg.stages[stage].get("max_new_tokens") or run_cfg.model.get("max_new_tokens")
+    metrics, rows, figure = evaluate_task(module, data(), task, num_figure_images, protocol, budget)
     if rank_world()[0] == 0:
         write_reports(Path(out_dir), metrics, rows, [figure] if figure else [])
         _log_wandb(run_cfg, Path(out_dir), stage, task, metrics, rows, figure)
@@ -63,7 +67,7 @@ def main(cfg: DictConfig) -> None:
             from medgrounder.models.llm import local_rank
 
             torch.cuda.set_device(local_rank())
-    evaluate_checkpoint(cfg.ckpt_path, cfg.paths.output_dir, cfg.num_figure_images)
+    evaluate_checkpoint(cfg.ckpt_path, cfg.paths.output_dir, cfg.num_figure_images, cfg.get("protocol", "both"))
     if rank_world()[0] == 0:
         print((Path(cfg.paths.output_dir) / "tables.md").read_text())
 

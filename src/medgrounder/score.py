@@ -1,12 +1,14 @@
 """Score a ``predictions.jsonl`` file without a model (design section 6).
 
-    python -m medgrounder.score --predictions F --task T [--out metrics.json] [--plus-one]
-        [--keep-tags] [--meteor {nltk,coco,none}]
+    python -m medgrounder.score --predictions F --task T [--out metrics.json]
+        [--protocol {clean,paper,both}] [--plus-one] [--keep-tags] [--meteor {nltk,coco,none}]
 
 Tasks: ``vindr_identify`` and ``vindr_vqa`` (LiteGPT tables 1-3, 6, 8-13), ``mscxr_refer``
 (PFMVG tables 1-4: rows need ``category``, ``gt_boxes`` in pixels, ``image_width`` and
 ``image_height``) and ``caption`` (text metrics of LiteGPT tables 4-5 on every row, whatever its
-task). Prints the metrics as markdown tables and, with ``--out``, writes them as JSON (sorted
+task). ``--protocol`` as the runs' ``protocol`` key (design section 7; default ``both``: the
+clean keys and the papers' under ``paper/``); ``--plus-one`` / ``--keep-tags`` change the clean
+keys only. Prints the metrics as markdown tables and, with ``--out``, writes them as JSON (sorted
 keys; a METEOR with no backend is ``null``). Exit codes: 0 success, 1 bad input file, 2 usage
 error.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 from medgrounder.core.io import atomic_write_text
 from medgrounder.metrics.tables import summary_table, text_table
 from medgrounder.tasks import METRIC_TASKS, Task, row_tasks, task_for_metric
+from medgrounder.tasks.base import PROTOCOLS, paper_view
 
 
 class InputError(ValueError):
@@ -52,10 +55,11 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
 
 
 def score(rows: list[dict], task: str, plus_one: bool = False, keep_tags: bool = False,
-          meteor: str | None = "nltk") -> dict:
-    """Metrics of ``rows`` of one section ``task`` (without the text metrics a training run adds
-    to its ``[identify]`` and ``[vqa]`` sections)."""
-    return task_for_metric(task).score(rows, plus_one=plus_one, keep_tags=keep_tags, meteor=meteor, text=False)
+          meteor: str | None = "nltk", protocol: str = "clean") -> dict:
+    """Metrics of ``rows`` of one section ``task`` in ``protocol`` (without the text metrics a
+    training run adds to its ``[identify]`` and ``[vqa]`` sections)."""
+    return task_for_metric(task).score(rows, protocol=protocol, plus_one=plus_one, keep_tags=keep_tags, meteor=meteor,
+                                       text=False)
 
 
 def report(m: dict, task: Task) -> str:
@@ -65,9 +69,10 @@ def report(m: dict, task: Task) -> str:
     section = task.report(m, label="model", detailed=True)
     if section:
         parts.append(section)
-    text = task.text_scores(m)
+    text = {name: task.text_scores(v) for name, v in (("model", m), ("model, papers' protocol", paper_view(m)))}
+    text = {name: v for name, v in text.items() if v}
     if text:
-        parts.append(text_table({"model": text}))
+        parts.append(text_table(text))
     return "\n".join(parts)
 
 
@@ -79,7 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--task", required=True, choices=list(METRIC_TASKS))
     parser.add_argument("--out", help="write the metrics as JSON here")
     parser.add_argument(
-        "--plus-one", action="store_true", help="LiteGPT's +1 IoU on the 0-100 grid"
+        "--protocol", choices=PROTOCOLS, default="both",
+        help="clean (the project's definitions), paper (LiteGPT's reference code, keys under paper/) or both",
+    )
+    parser.add_argument(
+        "--plus-one", action="store_true", help="clean keys: LiteGPT's +1 IoU on the 0-100 grid"
     )
     parser.add_argument(
         "--keep-tags", action="store_true", help="caption: leave the <p> tags in the text"
@@ -99,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not kept:
             raise InputError(f"{args.predictions}: no rows for task {args.task}")
         metrics = score(kept, args.task, plus_one=args.plus_one, keep_tags=args.keep_tags,
-                        meteor=None if args.meteor == "none" else args.meteor)
+                        meteor=None if args.meteor == "none" else args.meteor, protocol=args.protocol)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from medgrounder.core.io import atomic_write_text
 from medgrounder.core.labels import MSCXR_CATEGORIES
 from medgrounder.metrics.tables import TEXT_COLUMNS, markdown_table
+from medgrounder.tasks.base import PAPER
 
 LITEGPT_MODELS = ("litegpt_minigptv2", "litegpt_biomedclip", "litegpt_pubmedclip", "litegpt_dual")
 NAMES = {
@@ -169,8 +170,15 @@ def _cell(value: object, column: Column) -> str:
     return format(value * column.scale, column.spec)
 
 
+def _metric(metrics: Mapping, column: Column, paper: bool) -> object:
+    section = metrics.get(column.task) or {}
+    return section.get(f"{PAPER}{column.key}" if paper else column.key)
+
+
 def assemble(table: Table, runs: Mapping[str, Mapping]) -> str:
-    """Markdown: for each experiment the paper's row and this sweep's row ('-' where missing)."""
+    """Markdown: for each experiment the paper's row, then this sweep's rows: the papers'
+    protocol (``paper/`` keys: the figure to compare with the paper's) and the clean one
+    (design section 7), each only where the run has its keys ('-' for a missing value)."""
     header = ["Method", *(c.header for c in table.columns)]
     rows = []
     for exp in table.experiments:
@@ -180,10 +188,13 @@ def assemble(table: Table, runs: Mapping[str, Mapping]) -> str:
                                           if isinstance(v, int | float) else "-"
                                           for v, c in zip(paper, table.columns, strict=True))])
         metrics = runs.get(exp)
-        if metrics is not None:
-            rows.append([f"{name} (this run)", *(_cell((metrics.get(c.task) or {}).get(c.key), c) for c in table.columns)])
-        else:
+        if metrics is None:
             rows.append([f"{name} (this run)", *("not run" for _ in table.columns)])
+            continue
+        shown = [(label, paper) for label, paper in (("this run, papers' protocol", True), ("this run, clean", False))
+                 if any(_metric(metrics, c, paper) is not None for c in table.columns)]
+        for label, paper in shown or [("this run", False)]:
+            rows.append([f"{name} ({label})", *(_cell(_metric(metrics, c, paper), c) for c in table.columns)])
     text = f"## {table.title}\n\n" + markdown_table(header, rows)
     return text + (f"\n{table.note}\n" if table.note else "")
 

@@ -40,18 +40,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from medgrounder.core.io import atomic_write, atomic_write_text
 from medgrounder.models.tower_pretraining import pretrain_configured_towers
 from medgrounder.pipeline.checkpoints import load_stage_checkpoint
-from medgrounder.pipeline.evaluation import evaluate_task
+from medgrounder.pipeline.evaluation import evaluate_task, score_rows
 from medgrounder.pipeline.figures import draw_panels
 from medgrounder.pipeline.reports import write_reports
 from medgrounder.tasks import get_task
+from medgrounder.tasks.base import PROTOCOLS
 from medgrounder.utils.callbacks import AtomicCheckpointIO, RngState
 from medgrounder.utils.logging import flatten_metrics, log_wandb_predictions, resolve_wandb_mode
-from medgrounder.utils.preflight import check_inputs
+from medgrounder.utils.preflight import check_generation_budgets, check_inputs, stage_budget
 from medgrounder.utils.sweep import write_status
 
 log = logging.getLogger("medgrounder.train")
 
-STAGE_KEYS = ("task", "max_steps", "max_epochs", "iters_per_epoch", "optim", "trainer", "init_from", "evaluate")
+STAGE_KEYS = ("task", "max_steps", "max_epochs", "iters_per_epoch", "optim", "trainer", "init_from", "evaluate",
+              "max_new_tokens")
 # What a run directory's checkpoints depend on: resuming with other values is refused.
 IDENTITY_KEYS = ("model", "data", "stages", "seed", "tower_pretraining")
 # ... except these, which change speed or where caches live, not results.
@@ -128,6 +130,12 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"stages.{name}.iters_per_epoch must be a positive integer or null, got {ipe!r}")
         if scfg.get("max_steps", -1) in (-1, None) and scfg.get("max_epochs", -1) in (-1, None):
             raise ValueError(f"stages.{name}: set max_steps or max_epochs (both are -1)")
+        budget = scfg.get("max_new_tokens")
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0):
+            raise ValueError(f"stages.{name}.max_new_tokens must be a positive integer or null, got {budget!r}")
+    protocol = cfg.get("protocol", "both")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     for _, name, scfg in selected_stages(cfg):
         if scfg.get("init_from"):
             resolve_init_from(scfg.init_from, f"stages.{name}.init_from")
@@ -284,13 +292,16 @@ def train_stage(cfg: DictConfig, module, datamodule, stage: str, scfg: DictConfi
 def _evaluate_stage(cfg, module, datamodule, stage: str, task: str, out_dir: Path, loggers: list, step: int):
     """The stage's test metrics and rows, computed once: kept in ``evaluation/<stage>/``."""
     cache = out_dir / "evaluation" / stage
+    protocol = cfg.get("protocol", "both")
     if cfg.resume and (cache / "metrics.json").is_file() and (cache / "predictions.jsonl").is_file():
-        metrics = json.loads((cache / "metrics.json").read_text())
         rows = [json.loads(line) for line in (cache / "predictions.jsonl").read_text().splitlines()]
+        # the generated answers are reused; the scores follow this command's protocol
+        metrics = score_rows(rows, datamodule, task, protocol)
         figure = draw_panels(rows, get_task(task), datamodule.for_task(task), cfg.num_figure_images)
         log.info("stage %s: evaluation reused from %s", stage, cache)
         return metrics, rows, figure
-    metrics, rows, figure = evaluate_task(module, datamodule, task, cfg.num_figure_images)
+    metrics, rows, figure = evaluate_task(module, datamodule, task, cfg.num_figure_images, protocol,
+                                          stage_budget(cfg, stage)[0])
     if is_rank_zero():
         cache.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache / "predictions.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
@@ -337,6 +348,9 @@ def run(cfg: DictConfig) -> dict:
     if is_rank_zero():
         datamodule.prepare_data()
     datamodule.setup("fit")
+    if cfg.get("check_generation_budgets", True):
+        for stage, stats in check_generation_budgets(cfg, module.tokenizer, datamodule, stages).items():
+            log.info("stage %s: generation budget %s", stage, stats)
     pretrain_configured_towers(cfg, module, lambda: datamodule)
     fixed = datamodule.fixed_training_images() if module.cache_frozen_features else None
     if fixed is not None and any(p != "done" for p in plan.values()):

@@ -20,13 +20,14 @@ def rank_world() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def _generate(module, loader, desc: str) -> list[dict]:
+def _generate(module, loader, desc: str, max_new_tokens: int | None = None) -> list[dict]:
     was_training = module.training
     module.eval()
     rows = []
+    budget = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     for batch in tqdm(loader, desc=desc, disable=rank_world()[0] != 0):
         answers = module.generate(batch["images"].to(module.device), batch["prompt_ids"].to(module.device),
-                                  batch["prompt_mask"].to(module.device))
+                                  batch["prompt_mask"].to(module.device), **budget)
         for meta, answer in zip(batch["meta"], answers, strict=True):
             prompt = meta.get("prompt") or get_task(meta["task"]).prompt()
             rows.append({**meta, "prompt": prompt, "prediction": answer})
@@ -34,9 +35,9 @@ def _generate(module, loader, desc: str) -> list[dict]:
     return rows
 
 
-def generate_rows(module, loader: DataLoader, desc: str = "generate") -> list[dict]:
+def generate_rows(module, loader: DataLoader, desc: str = "generate", max_new_tokens: int | None = None) -> list[dict]:
     """Greedy answers for every sample of ``loader`` as ``predictions.jsonl`` rows, in dataset
-    order.
+    order; ``max_new_tokens``: the generation budget (None: the model's).
 
     Under ``torch.distributed`` (initialised, world size > 1) the dataset is sharded with a
     :class:`~torch.utils.data.DistributedSampler` (no shuffle), each rank generates its shard,
@@ -46,12 +47,12 @@ def generate_rows(module, loader: DataLoader, desc: str = "generate") -> list[di
     """
     rank, world = rank_world()
     if world == 1:
-        return _generate(module, loader, desc)
+        return _generate(module, loader, desc, max_new_tokens)
     sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=False)
     indices = list(sampler)
     shard = DataLoader(Subset(loader.dataset, indices), batch_size=loader.batch_size,
                        collate_fn=loader.collate_fn, num_workers=loader.num_workers)
-    mine = list(zip(indices, _generate(module, shard, f"{desc} [rank {rank}/{world}]"), strict=True))
+    mine = list(zip(indices, _generate(module, shard, f"{desc} [rank {rank}/{world}]", max_new_tokens), strict=True))
     parts: list = [None] * world
     torch.distributed.all_gather_object(parts, mine)
     by_id: dict = {}

@@ -14,6 +14,7 @@ from medgrounder.core.io import atomic_write, atomic_write_text
 from medgrounder.metrics.drawing import save_grid
 from medgrounder.metrics.tables import text_table
 from medgrounder.tasks import METRIC_TASKS, task_for_metric
+from medgrounder.tasks.base import paper_view
 
 __all__ = ["render_tables", "write_reports"]
 
@@ -26,10 +27,15 @@ def render_tables(metrics: Mapping[str, Mapping]) -> str:
         section = task.report(metrics[key]) if key in metrics else ""
         if section:
             parts += [section, ""]
-    text_rows = {f"model [{key}]": task_for_metric(key).text_scores(m) for key, m in metrics.items()}
-    text_rows = {name: m for name, m in text_rows.items() if m}
-    if text_rows:
-        parts += ["Text validity (boxes and <p> tags stripped)", "", text_table(text_rows), ""]
+    clean = {f"model [{key}]": task_for_metric(key).text_scores(m) for key, m in metrics.items()}
+    paper = {f"model [{key}], papers' protocol": task_for_metric(key).text_scores(paper_view(m))
+             for key, m in metrics.items()}
+    clean, paper = ({name: m for name, m in rows.items() if m} for rows in (clean, paper))
+    if paper:
+        parts += ["Text validity, papers' protocol (only the boxes removed; stemmed, sentence-split ROUGE; the "
+                  "reference's CIDEr; [identify] over the test images with findings)", "", text_table(paper), ""]
+    if clean:
+        parts += ["Text validity (boxes and <p> tags stripped)", "", text_table(clean), ""]
     return "\n".join(parts)
 
 

@@ -165,6 +165,5 @@ class Vqa(Task):
         if paper:
             parts += [classification_table(paper, GLOBAL_LABELS, "global/", "Global labels, papers' protocol (names mentioned)"), ""]
         if "global/micro/f1" in metrics:
-            parts += [classification_table(metrics, GLOBAL_LABELS, "global/",
-                                           "Global labels, clean protocol" if paper else "Global labels"), ""]
+            parts += [classification_table(metrics, GLOBAL_LABELS, "global/", "Global labels"), ""]
         return "\n".join([*parts, f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}"])

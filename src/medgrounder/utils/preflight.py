@@ -95,3 +95,63 @@ def check_inputs(cfg: DictConfig) -> None:
             problems.append(msg)
     if problems:
         raise MissingInputError("Missing inputs:\n  - " + "\n  - ".join(problems))
+
+
+# ------------------------------------------------------------------ generation budgets
+#: the share of training answers a generation budget must cover whole
+BUDGET_PERCENTILE = 99.5
+
+
+class BudgetError(ValueError):
+    """A stage's generation budget is below the length of its training answers."""
+
+
+def stage_budget(cfg: DictConfig, stage: str) -> tuple[int, str]:
+    """``(max new tokens, the key that sets it)`` of a stage's evaluation:
+    ``stages.<stage>.max_new_tokens``, else ``model.max_new_tokens``."""
+    own = cfg.stages[stage].get("max_new_tokens")
+    if own is not None:
+        return int(own), f"stages.{stage}.max_new_tokens"
+    return int(cfg.model.max_new_tokens), f"model.max_new_tokens (stages.{stage}.max_new_tokens is unset)"
+
+
+def answer_lengths(tokenizer, answers: list[str]) -> list[int]:
+    """Tokens of each answer in ``tokenizer`` (no special tokens: what the model writes before ``</s>``)."""
+    if not answers:
+        return []
+    return [len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]]
+
+
+def check_budget(key: str, budget: int, task: str, lengths: list[int]) -> dict:
+    """Refuse a budget below the :data:`BUDGET_PERCENTILE` percentile of the training answers'
+    token lengths (:class:`BudgetError` naming ``key`` and the numbers); returns the numbers."""
+    import numpy as np
+
+    if not lengths:
+        return {"n": 0}
+    stats = {"budget": budget, "p99.5": float(np.percentile(lengths, BUDGET_PERCENTILE)), "max": max(lengths),
+             "n": len(lengths)}
+    if budget < stats["p99.5"]:
+        raise BudgetError(
+            f"{key}={budget} is below the {BUDGET_PERCENTILE:g}th percentile of the [{task}] training answers in the "
+            f"configured tokenizer: budget {budget}, p99.5 {stats['p99.5']:.1f}, max {stats['max']}, "
+            f"{stats['n']} answers; answers longer than the budget are cut and their last boxes lost. Set {key.split()[0]} "
+            f"to at least {int(np.ceil(stats['p99.5']))} (or check_generation_budgets=false for a smoke run)")
+    return stats
+
+
+def check_generation_budgets(cfg: DictConfig, tokenizer, datamodule, stages) -> dict[str, dict]:
+    """For every stage of ``stages`` (``(index, name, stage config)``) whose task is evaluated,
+    :func:`check_budget` of its budget (:func:`stage_budget`) against the answers of the task's
+    training targets (``Task.budget_answers``) in ``tokenizer``; returns the numbers by stage."""
+    from medgrounder.tasks import get_task
+
+    out = {}
+    for _, name, scfg in stages:
+        if not (cfg.get("evaluate", True) and scfg.get("evaluate", True)):
+            continue
+        task = get_task(scfg.task)
+        answers = task.budget_answers(datamodule.for_task(scfg.task).targets("train"))
+        budget, key = stage_budget(cfg, name)
+        out[name] = check_budget(key, budget, task.name, answer_lengths(tokenizer, answers))
+    return out
