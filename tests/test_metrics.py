@@ -172,19 +172,22 @@ def test_mean_box_baseline():
         mean_box_baseline([], rows)
 
 
-def test_identify_metrics_invalid_counts_as_empty():
+def test_identify_metrics_score_the_pairs_of_invalid_answers():
+    """Audit A1 item 1: an invalid answer is no longer scored as empty; its well-formed pairs
+    count and valid_rate says it was invalid."""
     gt = [("Cardiomegaly", (38, 49, 82, 63))]
     good = identify_answer(gt)
     rows = [
         identify_row(gt, good),
         identify_row(gt, good + " garbage"),
+        identify_row(gt, "garbage"),
         identify_row([], "No findings"),
     ]
     m = vindr_identify_metrics(rows)
-    assert m["num_samples"] == 3 and m["valid_rate"] == pytest.approx(2 / 3)
-    assert m["acc@0.5"] == 0.5 and m["num_gt"] == 2 and m["num_pred"] == 1
-    assert m["local/Cardiomegaly/recall"] == 0.5 and m["local/Cardiomegaly/precision"] == 1.0
-    assert m["local/Cardiomegaly/support"] == 2
+    assert m["num_samples"] == 4 and m["valid_rate"] == pytest.approx(2 / 4)
+    assert m["acc@0.5"] == pytest.approx(2 / 3) and m["num_gt"] == 3 and m["num_pred"] == 2
+    assert m["local/Cardiomegaly/recall"] == pytest.approx(2 / 3) and m["local/Cardiomegaly/precision"] == 1.0
+    assert m["local/Cardiomegaly/support"] == 3
 
 
 def vqa_row(truth, prediction):

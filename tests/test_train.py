@@ -85,8 +85,14 @@ def test_short_run_learns_and_is_deterministic(synth_vindr_root, tmp_path):
     losses = _losses(tmp_path / "a" / "csv" / "identify" / "metrics.csv")
     assert losses[-1] < 0.25 * losses[0], losses
     # After 200 steps the answers follow the template: they parse (150 was on the edge: 0.0 or 1.0
-    # depending on the data order).
-    assert first["vindr_identify"]["valid_rate"] >= 0.75
+    # depending on the data order). The template, not the box geometry: valid_rate also refuses a
+    # box with x1 >= x2 or y1 >= y2 (issue 18 item 10), which this short run still writes.
+    from medgrounder.tasks.identify import reference_findings
+
+    rows = [json.loads(line) for line in (tmp_path / "a" / "predictions.jsonl").read_text().splitlines()]
+    answers = [r["prediction"] for r in rows if r["task"] == "identify"]
+    assert sum(reference_findings(a).valid for a in answers) >= 0.75 * len(answers)
+    assert 0 < first["vindr_identify"]["valid_rate"] <= 1
     second = _short_run(synth_vindr_root, tmp_path / "b")
     assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
     assert first == second
