@@ -26,10 +26,16 @@ INSTRUCTION = (
 )
 
 
-def vqa_answer(global_labels: Iterable[str]) -> str:
-    """Global labels -> the ``[vqa]`` answer (label order; an empty set is "No finding")."""
-    names = sorted(set(global_labels), key=lambda n: GLOBAL_INDEX[n]) or [GLOBAL_LABELS[-1]]
-    return GLOBAL_PREFIX + ", ".join(names) + "."
+#: the answer's list when no option applies: local findings without a diagnosis, the label csv's
+#: "No finding" column 0 (LiteGPT's reference code writes an empty list there)
+NONE = "none"
+
+
+def vqa_answer(global_labels: Iterable[str], no_finding: bool = True) -> str:
+    """Global labels -> the ``[vqa]`` answer in label order. Without a diagnosis the list is
+    "No finding" when ``no_finding`` (the label csv's column) holds, else :data:`NONE`."""
+    names = sorted(set(global_labels) - {NO_FINDING}, key=lambda n: GLOBAL_INDEX[n])
+    return GLOBAL_PREFIX + ", ".join(names or [NO_FINDING if no_finding else NONE]) + "."
 
 
 _GLOBAL_PREFIX_RE = prefix_re(GLOBAL_PREFIX)
@@ -52,6 +58,8 @@ def parse_vqa(text: object) -> Parsed:
     m = _GLOBAL_PREFIX_RE.match(text)
     body = text[m.end() :] if m else text
     body = body.strip().rstrip(".").strip()
+    if norm(body) == NONE:
+        return Parsed(True, [], set())
     items = [i for i in re.split(r"\s*(?:[,;&]|\band\b)\s*", body, flags=re.IGNORECASE) if i]
     labels = {_GLOBAL_NAMES.get(norm(i)) for i in items}
     valid = bool(items) and None not in labels
@@ -63,8 +71,9 @@ def vindr_vqa_metrics(rows: Sequence[Mapping]) -> dict:
     """``[vqa]`` metrics: ``valid_rate``, ``num_samples``, the 6-global-label
     :func:`multilabel_report` under ``global/`` and LiteGPT Table 1's binary task.
 
-    Binary task: an image is *finding* when its labels contain any global label except
-    "No finding". ``finding/precision|recall|f1|support`` score the finding class,
+    Binary task: an image is *finding* unless its reference names "No finding" (references are
+    built from the label csv's ``No finding`` column: LiteGPT's ``1 - No finding``); a prediction
+    is *finding* when it names a diagnosis or does not name "No finding". ``finding/precision|recall|f1|support`` score the finding class,
     ``no_finding/...`` the no-finding class, ``finding/accuracy`` the fraction of images whose
     binary decision is right. An invalid prediction has no labels; it never earns credit: in
     the binary task it counts as the wrong decision for its image.
@@ -79,9 +88,9 @@ def vindr_vqa_metrics(rows: Sequence[Mapping]) -> dict:
         pred = parsed.labels if parsed.valid else set()
         y_true.append(ref.labels)
         y_pred.append(pred)
-        truth = bool(ref.labels - {NO_FINDING})
+        truth = bool(ref.labels - {NO_FINDING}) or NO_FINDING not in ref.labels
         t_bin.append(truth)
-        p_bin.append(bool(pred - {NO_FINDING}) if pred else not truth)
+        p_bin.append(bool(pred - {NO_FINDING}) or NO_FINDING not in pred if parsed.valid else not truth)
     n = len(y_true)
     out = {"num_samples": n, "valid_rate": n_valid / n if n else 0.0}
     out.update({f"global/{k}": v for k, v in multilabel_report(y_true, y_pred, GLOBAL_LABELS).items()})
@@ -103,7 +112,7 @@ class Vqa(Task):
     summary_keys = ("num_samples", "valid_rate", "finding/accuracy", *_BINARY)
 
     def answer(self, target: Target) -> str:
-        return vqa_answer(g for g in target.labels if g != NO_FINDING)
+        return vqa_answer(target.labels, no_finding=NO_FINDING in target.labels)
 
     def answer_corpus(self) -> list[str]:
         return [GLOBAL_PREFIX, ", ".join(GLOBAL_LABELS) + "."]
