@@ -211,3 +211,67 @@ def test_reproduction_md_covers_every_audit_item_and_is_linked():
     assert items == set(range(1, 35)), sorted(set(range(1, 35)) - items)
     assert "REPRODUCTION.md" in (ROOT / "README.md").read_text()
     assert "REPRODUCTION.md" in (ROOT / "experiments/README.md").read_text()
+
+
+def _mimic_reports_of(mscxr_root: Path, out: Path) -> None:
+    """A MIMIC-CXR report corpus (split csv, one report per study) over the images of a
+    synthetic MS-CXR, every image in the training split: stage 1 sees MS-CXR's patients."""
+    import csv
+
+    from medgrounder.data.captions.layout import MIMIC_SPLIT_COLUMNS, MIMIC_SPLIT_CSV
+    from medgrounder.data.mscxr.layout import MSCXR_CSV, mimic_report_path, patient_of
+
+    with open(mscxr_root / MSCXR_CSV, newline="") as f:
+        paths = sorted({row["path"] for row in csv.DictReader(f)})
+    out.mkdir(parents=True)
+    rows = []
+    for path in paths:
+        subject, study = patient_of(path)
+        report = out / mimic_report_path(subject, study)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text("FINDINGS: The lungs are clear.\nIMPRESSION: No acute process.\n")
+        rows.append([Path(path).stem, study, subject, "train"])
+    with open(out / MIMIC_SPLIT_CSV, "w", newline="") as f:
+        csv.writer(f).writerows([MIMIC_SPLIT_COLUMNS, *rows])
+
+
+def test_audit_25_stage1_keeps_mscxr_eval_patients_out(tmp_path):
+    from medgrounder.data.captions.datamodule import CaptionDataModule
+    from medgrounder.data.captions.sources import MimicReports
+    from medgrounder.data.mscxr.datamodule import MSCXRDataModule
+    from medgrounder.data.mscxr.synth import synth_mscxr
+    from medgrounder.data.multitask import MultiTaskDataModule
+
+    assert _cfg("pfmvg").data.exclude_eval_patients is True
+    synth_mscxr(tmp_path / "ms", n=24, seed=0, min_side=64, max_side=96)
+    _mimic_reports_of(tmp_path / "ms", tmp_path / "mimic")
+    kept = {}
+    for exclude in (False, True):
+        mimic = MimicReports(str(tmp_path / "mimic"), image_root=str(tmp_path / "ms"))
+        captions = CaptionDataModule({"mimic": mimic}, image_size=32)
+        refer = MSCXRDataModule(str(tmp_path / "ms"), image_size=32, decode_workers=1)
+        MultiTaskDataModule({"caption": captions, "refer": refer}, exclude_eval_patients=exclude).setup()
+        subjects = {Path(r.image).parents[1].name[1:] for r in captions.records["train"][0]}
+        kept[exclude] = (subjects, refer.eval_patients(), mimic.excluded.get("train", 0))
+    every, eval_patients, _ = kept[False]
+    left, _, dropped = kept[True]
+    assert eval_patients and eval_patients <= every  # without the option stage 1 captions them
+    assert left == every - eval_patients and not left & eval_patients
+    assert dropped == len(list((tmp_path / "ms").rglob("*.jpg"))) - sum(
+        1 for p in (tmp_path / "ms").rglob("*.jpg") if p.parents[1].name[1:] in left)
+
+
+def test_audit_27_sample_counts_per_split_reach_the_table(tmp_path):
+    from medgrounder.data.mscxr.datamodule import MSCXRDataModule
+    from medgrounder.data.mscxr.synth import synth_mscxr
+
+    synth_mscxr(tmp_path / "ms", n=20, seed=0, min_side=64, max_side=96)
+    dm = MSCXRDataModule(str(tmp_path / "ms"), image_size=32, decode_workers=1)
+    dm.setup()
+    counts = dm.sample_counts()
+    assert sum(counts.values()) == sum(len(dm.samples(s)) for s in ("train", "val", "test")) > 0
+    rows = [{**dm.dataset("test")[i]["meta"], "prediction": "{<0><0><100><100>}"} for i in range(len(dm.samples("test")))]
+    refer = get_task("refer")
+    metrics = {**refer.score(rows), **{f"num_samples/{k}": v for k, v in counts.items()}}
+    assert metrics["num_samples"] == counts["test"]
+    assert f"Samples: train {counts['train']}, val {counts['val']}, test {counts['test']}" in refer.report(metrics)

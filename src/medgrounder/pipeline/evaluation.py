@@ -23,5 +23,6 @@ def evaluate_task(module, datamodule, name: str, num_figure_images: int = 8):
     data = datamodule.for_task(name)
     metrics = task.score(rows)
     metrics.update(task.baseline(data.targets("train"), rows))
+    metrics.update({f"num_samples/{split}": n for split, n in data.sample_counts().items()})
     log.info("[%s] %s", name, task.headline(metrics))
     return {task.metric_key: metrics}, rows, draw_panels(rows, task, data, num_figure_images)

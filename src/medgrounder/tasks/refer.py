@@ -196,6 +196,10 @@ class Refer(Task):
         parts = []
         for metric, title in (("iou", "IoU"), ("dice", "Dice")):
             parts += [f"MS-CXR [{self.identifier}] {title} (PFMVG tables 1-4)", "", refer_table(rows, metric), ""]
+        counts = [f"{split} {metrics[f'num_samples/{split}']}" for split in ("train", "val", "test")
+                  if f"num_samples/{split}" in metrics]
+        if counts:  # the paper gives 1,153 samples for MS-CXR: how many each split has here
+            parts.append(f"Samples: {', '.join(counts)}")
         return "\n".join([*parts, f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}"])
 
     def headline(self, metrics) -> dict:

@@ -221,6 +221,14 @@ class MSCXRDataModule(GroundingDataModule):
         log.info("MS-CXR: %s samples (train / val / test), %d images, split %s",
                  "/".join(str(len(self.splits[k])) for k in SPLITS), len(paths), self.split)
 
+    def eval_patients(self) -> set[str]:
+        """The subject ids of the validation and test samples (after :meth:`setup`)."""
+        return {s.subject_id for split in ("val", "test") for s in self.splits[split]}
+
+    def sample_counts(self) -> dict[str, int]:
+        """Samples per split (after :meth:`setup`)."""
+        return {split: len(self.splits[split]) for split in SPLITS}
+
     # ------------------------------------------------------------------ datasets and loaders
     def samples(self, split: str, task: str | None = None) -> list[MSCXRSample]:
         if split not in SPLITS:
