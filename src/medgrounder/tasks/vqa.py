@@ -32,9 +32,9 @@ NONE = "none"
 
 
 def vqa_answer(global_labels: Iterable[str], no_finding: bool = True) -> str:
-    """Global labels -> the ``[vqa]`` answer in label order. Without a diagnosis the list is
-    "No finding" when ``no_finding`` (the label csv's column) holds, else :data:`NONE`."""
-    names = sorted(set(global_labels) - {NO_FINDING}, key=lambda n: GLOBAL_INDEX[n])
+    """Global labels -> the ``[vqa]`` answer in label order. An empty list is "No finding" when
+    ``no_finding`` (the label csv's column) holds, else :data:`NONE`."""
+    names = sorted(set(global_labels), key=lambda n: GLOBAL_INDEX[n])
     return GLOBAL_PREFIX + ", ".join(names or [NO_FINDING if no_finding else NONE]) + "."
 
 
