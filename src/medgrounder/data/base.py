@@ -132,6 +132,11 @@ class GroundingDataModule(L.LightningDataModule):
         """The training images with their pixel boxes (tower pretraining); None without boxes."""
         return None
 
+    def sample_counts(self) -> dict[str, int]:
+        """Samples per split, reported beside the metrics (``num_samples/<split>``); ``{}`` when
+        the dataset does not report them."""
+        return {}
+
     # ------------------------------------------------------------------ tasks and inputs
     def set_task(self, task: str, iters_per_epoch: int | None = None) -> None:
         """Switch to a stage's task; its training stream starts at the beginning (a resumed

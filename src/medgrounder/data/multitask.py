@@ -24,12 +24,13 @@ class MultiTaskDataModule(L.LightningDataModule):
     first datamodule with boxes provides those images."""
 
     def __init__(self, tasks: Mapping[str, GroundingDataModule], tokenizer=None, root: str | None = None,
-                 task: str | None = None):
+                 task: str | None = None, exclude_eval_patients: bool = False):
         if not tasks:
             raise ValueError("MultiTaskDataModule needs at least one task")
         self.modules = dict(tasks)
         super().__init__()
         self.root = root
+        self.exclude_eval_patients = exclude_eval_patients
         self.tokenizer = tokenizer
         for dm in self._unique():
             dm.tokenizer = tokenizer
@@ -68,7 +69,19 @@ class MultiTaskDataModule(L.LightningDataModule):
             dm.prepare_data()
 
     def setup(self, stage: str | None = None) -> None:
-        for dm in self._unique():
+        """With ``exclude_eval_patients``, the datamodules that evaluate on patients (MS-CXR) are
+        set up first and their validation and test patients are left out of the others (stage 1's
+        MIMIC-CXR reports), so no stage trains on an image of a patient the last one is scored on."""
+        modules = self._unique()
+        if self.exclude_eval_patients:
+            judged = [dm for dm in modules if hasattr(dm, "eval_patients")]
+            for dm in judged:
+                dm.setup(stage)
+            patients = set().union(*(dm.eval_patients() for dm in judged))
+            for dm in modules:
+                if hasattr(dm, "exclude_patients") and not hasattr(dm, "eval_patients"):
+                    dm.exclude_patients(patients)
+        for dm in modules:
             dm.setup(stage)
 
     def train_dataloader(self):

@@ -44,6 +44,7 @@ class VisionLanguageModel(L.LightningModule):
         max_new_tokens: int = 160,
         init_from: dict | None = None,
         cache_frozen_features: bool = False,
+        encoder_output_norm: bool = False,
     ):
         """``encoder``: a tower or :class:`FusedTowers`; ``llm``: :func:`build_llm` arguments plus
         ``tokenizer`` (:func:`load_tokenizer` arguments); ``projector``: ``{hidden: int | None}``;
@@ -52,18 +53,25 @@ class VisionLanguageModel(L.LightningModule):
         ``init_from``: ``{minigptv2: PATH, parts: [projector, lora]}`` starts the projector's last
         layer and the LoRA adapters from MiniGPT-v2 (:func:`load_minigptv2`, strict);
         ``cache_frozen_features``: training keeps the frozen towers' tokens of its fixed training
-        images (:meth:`cache_features`; no effect when the towers train)."""
+        images (:meth:`cache_features`; no effect when the towers train);
+        ``encoder_output_norm``: a LayerNorm without affine weights on each token the encoder
+        outputs (LiteGPT's frozen ``ln_vision``, weight 1 and bias 0: nothing to train or save)."""
         super().__init__()
         if encoder_train_mode not in ENCODER_TRAIN_MODES:
             raise ValueError(f"model.encoder_train_mode must be one of {ENCODER_TRAIN_MODES}, got {encoder_train_mode!r}")
         if encoder.image_size != image_size:
             raise ValueError(f"model.image_size={image_size} but the encoder expects {encoder.image_size}")
+        if encoder_output_norm and any(isinstance(getattr(t, "ln_vision", None), nn.LayerNorm) for t in encoder.towers):
+            raise ValueError("model.encoder_output_norm=true on an encoder with its own ln_vision "
+                             "(model.encoder.ln_vision): the tokens would be normalised twice; set one of them false")
         llm_kwargs = dict(llm)
         self.tokenizer = load_tokenizer(**(llm_kwargs.pop("tokenizer", None) or {}))
         self.image_size = image_size
         self.encoder = encoder
         self.encoder_train_mode = encoder_train_mode
         self.encoder.requires_grad_(encoder_train_mode == "full")
+        # eps 1e-5: torch's default, as the reference's nn.LayerNorm(width)
+        self.output_norm = nn.LayerNorm(encoder.width, elementwise_affine=False) if encoder_output_norm else None
         self.cache_frozen_features = cache_frozen_features and encoder_train_mode == "frozen"
         self._features: torch.Tensor | None = None  # [N, P, C] tower tokens of cached images
         self._feature_rows: dict[bytes, int] = {}  # image digest -> row of _features
@@ -120,6 +128,8 @@ class VisionLanguageModel(L.LightningModule):
                 tokens = self.encoder(images)
         else:
             tokens = self.encoder(images)
+        if self.output_norm is not None:
+            tokens = self.output_norm(tokens)
         merged = merge_tokens(tokens, self.merge, self.merge_mode, self.tokens_per_tower)
         return self.projector(merged.to(self.projector[0].weight.dtype))
 

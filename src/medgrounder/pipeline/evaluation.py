@@ -19,8 +19,10 @@ def score_rows(rows: list[dict], datamodule, name: str, protocol: str = "both") 
     ``paper`` or ``both``), beside the baseline fitted on the training targets of the task's
     datamodule (``datamodule.for_task(name)``)."""
     task = get_task(name)
+    data = datamodule.for_task(name)
     metrics = task.score(rows, protocol=protocol)
-    metrics.update(task.baseline(datamodule.for_task(name).targets("train"), rows, protocol=protocol))
+    metrics.update(task.baseline(data.targets("train"), rows, protocol=protocol))
+    metrics.update({f"num_samples/{split}": n for split, n in data.sample_counts().items()})
     log.info("[%s] %s", name, task.headline(metrics))
     return {task.metric_key: metrics}
 

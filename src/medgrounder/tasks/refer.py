@@ -42,14 +42,30 @@ REFER_INSTRUCTIONS: tuple[str, ...] = (
     "Find the bounding box for this description: {}",
 )
 
+#: MiniGPT-v2's own [refer] phrasings (its RefCOCO / Visual Genome pools; its evaluation asks the
+#: first): the zero-shot row asks MiniGPT-v2 as it was trained.
+MINIGPTV2_REFER_INSTRUCTIONS: tuple[str, ...] = (
+    "give me the location of {}",
+    "{}",
+    "where is {} ?",
+    "from this image, tell me the location of {}",
+    "the location of {} is",
+    "could you tell me the location for {} ?",
+    "where can I locate the {} ?",
+)
+#: ``data.instructions`` of MS-CXR: the pool its ``[refer]`` prompts are drawn from
+REFER_PHRASINGS: dict[str, tuple[str, ...]] = {"default": REFER_INSTRUCTIONS, "minigptv2": MINIGPTV2_REFER_INSTRUCTIONS}
 
-def refer_instruction(label_text: str, choice: int = 0) -> str:
-    """Phrasing ``choice`` of :data:`REFER_INSTRUCTIONS` with the label text filled in
-    (surrounding whitespace and a final period of the text dropped)."""
+
+def refer_instruction(label_text: str, choice: int = 0, phrasing: str = "default") -> str:
+    """Phrasing ``choice`` of the ``phrasing`` pool (:data:`REFER_PHRASINGS`) with the label
+    text filled in (surrounding whitespace and a final period of the text dropped)."""
     text = " ".join(str(label_text).split()).rstrip(".")
     if not text:
         raise ValueError("a [refer] instruction needs a non-empty label text")
-    return REFER_INSTRUCTIONS[choice].format(text)
+    if phrasing not in REFER_PHRASINGS:
+        raise ValueError(f"data.instructions must be one of {sorted(REFER_PHRASINGS)}, got {phrasing!r}")
+    return REFER_PHRASINGS[phrasing][choice].format(text)
 
 
 def refer_answer(grid_boxes: Iterable[Sequence[int]]) -> str:
@@ -153,10 +169,13 @@ class Refer(Task):
     summary_keys = ("num_samples", "valid_rate")
     draws_figure = True
 
-    def instruction(self, target: Target | None = None, rng: np.random.Generator | None = None) -> str:
+    def instruction(self, target: Target | None = None, rng: np.random.Generator | None = None,
+                    phrasing: str = "default") -> str:
         if target is None or not target.text:
             raise ValueError("a [refer] instruction needs the phrase to ground (target.text)")
-        return refer_instruction(target.text, self.choose(rng))
+        pool = REFER_PHRASINGS.get(phrasing, REFER_INSTRUCTIONS)
+        choice = 0 if rng is None else int(rng.integers(len(pool)))
+        return refer_instruction(target.text, choice, phrasing)
 
     def answer(self, target: Target) -> str:
         return refer_answer(box for _, box in target.findings)
@@ -216,6 +235,10 @@ class Refer(Task):
         parts = []
         for metric, title in (("iou", "IoU"), ("dice", "Dice")):
             parts += [f"MS-CXR [{self.identifier}] {title} (PFMVG tables 1-4)", "", refer_table(rows, metric), ""]
+        counts = [f"{split} {metrics[f'num_samples/{split}']}" for split in ("train", "val", "test")
+                  if f"num_samples/{split}" in metrics]
+        if counts:  # the paper gives 1,153 samples for MS-CXR: how many each split has here
+            parts.append(f"Samples: {', '.join(counts)}")
         return "\n".join([*parts, f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}"])
 
     def headline(self, metrics) -> dict:

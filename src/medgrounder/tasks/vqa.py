@@ -34,10 +34,16 @@ INSTRUCTION = (
 )
 
 
-def vqa_answer(global_labels: Iterable[str]) -> str:
-    """Global labels -> the ``[vqa]`` answer (label order; an empty set is "No finding")."""
-    names = sorted(set(global_labels), key=lambda n: GLOBAL_INDEX[n]) or [GLOBAL_LABELS[-1]]
-    return GLOBAL_PREFIX + ", ".join(names) + "."
+#: the answer's list when no option applies: local findings without a diagnosis, the label csv's
+#: "No finding" column 0 (LiteGPT's reference code writes an empty list there)
+NONE = "none"
+
+
+def vqa_answer(global_labels: Iterable[str], no_finding: bool = True) -> str:
+    """Global labels -> the ``[vqa]`` answer in label order. An empty list is "No finding" when
+    ``no_finding`` (the label csv's column) holds, else :data:`NONE`."""
+    names = sorted(set(global_labels), key=lambda n: GLOBAL_INDEX[n])
+    return GLOBAL_PREFIX + ", ".join(names or [NO_FINDING if no_finding else NONE]) + "."
 
 
 _GLOBAL_PREFIX_RE = prefix_re(GLOBAL_PREFIX)
@@ -60,6 +66,8 @@ def parse_vqa(text: object) -> Parsed:
     m = _GLOBAL_PREFIX_RE.match(text)
     body = text[m.end() :] if m else text
     body = body.strip().rstrip(".").strip()
+    if norm(body) == NONE:
+        return Parsed(True, [], set())
     items = [i for i in re.split(r"\s*(?:[,;&]|\band\b)\s*", body, flags=re.IGNORECASE) if i]
     labels = {_GLOBAL_NAMES.get(norm(i)) for i in items}
     valid = bool(items) and None not in labels
@@ -87,8 +95,8 @@ def _vqa_scores(rows: Sequence[Mapping], paper: bool) -> dict:
             decision = NO_FINDING not in pred
         else:  # the known items; an answer with none takes the wrong decision
             pred = parsed.labels
-            truth = bool(ref.labels - {NO_FINDING})
-            decision = bool(pred - {NO_FINDING}) if pred else not truth
+            truth = bool(ref.labels - {NO_FINDING}) or NO_FINDING not in ref.labels
+            decision = bool(pred - {NO_FINDING}) or NO_FINDING not in pred if pred else not truth
         y_pred.append(pred)
         t_bin.append(truth)
         p_bin.append(decision)
@@ -140,7 +148,7 @@ class Vqa(Task):
     summary_keys = ("num_samples", "valid_rate", "finding/accuracy", *_BINARY)
 
     def answer(self, target: Target) -> str:
-        return vqa_answer(g for g in target.labels if g != NO_FINDING)
+        return vqa_answer(target.labels, no_finding=NO_FINDING in target.labels)
 
     def answer_corpus(self) -> list[str]:
         return [GLOBAL_PREFIX, ", ".join(GLOBAL_LABELS) + "."]

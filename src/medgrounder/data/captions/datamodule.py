@@ -160,6 +160,14 @@ class CaptionDataModule(GroundingDataModule):
 
         synth_captions(folder, **self.synth)
 
+    def exclude_patients(self, subjects: set[str]) -> None:
+        """Leave the images of these patients (MIMIC-CXR subject ids) out of every source that
+        knows patients (the MIMIC-CXR reports); call before :meth:`setup`."""
+        for source in self.sources.values():
+            if hasattr(source, "excluded_subjects"):
+                source.excluded_subjects = frozenset(subjects)
+        self.records = {}
+
     def setup(self, stage: str | None = None) -> None:
         if self.records:
             return
@@ -178,6 +186,10 @@ class CaptionDataModule(GroundingDataModule):
             self.records[split] = per_source
         log.info("captions: %s", {name: "/".join(str(len(self.records[sp][k])) for sp in SPLITS)
                                   for k, name in enumerate(self.sources)})
+        for name, source in self.sources.items():
+            if getattr(source, "excluded_subjects", None):
+                log.info("captions: %s: %s images of %d excluded patients left out (train/val/test)", name,
+                         "/".join(str(source.excluded.get(sp, 0)) for sp in SPLITS), len(source.excluded_subjects))
 
     def dataset(self, split: str, task: str | None = None) -> CaptionDataset:
         if split not in SPLITS:

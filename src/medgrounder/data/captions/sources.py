@@ -208,6 +208,10 @@ class MimicReports(CaptionSource):
             raise ValueError("MimicReports needs at least one report section")
         self.one_per_study = one_per_study
         self._rows: list[tuple[str, str, str, str]] | None = None
+        # patients whose images stay out of every split (MS-CXR's evaluation patients: the
+        # multitask data module sets them); excluded[split]: the images left out for it
+        self.excluded_subjects: frozenset[str] = frozenset()
+        self.excluded: dict[str, int] = {}
 
     def marker(self) -> Path:
         return self.split_csv
@@ -244,8 +248,12 @@ class MimicReports(CaptionSource):
     def records(self, split: str) -> list[CaptionRecord]:
         self._check_split(split)
         out, seen_studies, captions = [], set(), {}
+        self.excluded[split] = 0
         for dicom, study, subject, row_split in self._split_rows():
             if row_split != split or (self.one_per_study and study in seen_studies):
+                continue
+            if subject in self.excluded_subjects:
+                self.excluded[split] += 1
                 continue
             if study not in captions:
                 report = self.reports_root / mimic_report_path(subject, study)

@@ -53,6 +53,7 @@ from medgrounder.data.views import (
     view_grid,
 )
 from medgrounder.tasks import Target, get_task
+from medgrounder.tasks.refer import refer_instruction
 
 log = logging.getLogger(__name__)
 REFER = get_task("refer")
@@ -67,7 +68,8 @@ class ReferDataset(Dataset):
     """
 
     def __init__(self, samples: list[MSCXRSample], image_index: dict[str, int], cache: np.ndarray,
-                 image_size: int, train: bool, crop: CropSettings | None, seed: int):
+                 image_size: int, train: bool, crop: CropSettings | None, seed: int, instructions: str = "default"):
+        self.instructions = instructions
         self.samples = samples
         self.image_index = image_index
         self.cache = cache
@@ -96,7 +98,7 @@ class ReferDataset(Dataset):
         s = self.samples[index]
         rng = item_rng(self.seed, epoch, index) if self.train and epoch is not None else None
         view, boxes = self.view_and_boxes(s, rng)
-        instruction = REFER.instruction(Target(text=s.label_text), rng)
+        instruction = REFER.instruction(Target(text=s.label_text), rng, self.instructions)
         answer = REFER.answer(Target(findings=tuple(("", view_grid(b, view)) for b in boxes)))
         image = render_view(self.cache[self.image_index[s.dicom_id]], s.width, s.height, view, self.image_size)
         return {
@@ -160,11 +162,14 @@ class MSCXRDataModule(GroundingDataModule):
         decode_workers: int = 2,
         synth: dict | None = None,
         task: str = "refer",
+        instructions: str = "default",
     ):
         if split not in ("random", "official"):
             raise ValueError(f"MS-CXR split must be 'random' or 'official', got {split!r}")
         super().__init__(root, tokenizer, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          num_workers=num_workers, seed=seed, synth=synth, task=task)
+        refer_instruction("x", 0, instructions)  # an unknown pool fails here, naming data.instructions
+        self.instructions = instructions
         self.csv_name = csv_name
         self.image_root = image_root or root
         self.image_size = image_size
@@ -216,6 +221,14 @@ class MSCXRDataModule(GroundingDataModule):
         log.info("MS-CXR: %s samples (train / val / test), %d images, split %s",
                  "/".join(str(len(self.splits[k])) for k in SPLITS), len(paths), self.split)
 
+    def eval_patients(self) -> set[str]:
+        """The subject ids of the validation and test samples (after :meth:`setup`)."""
+        return {s.subject_id for split in ("val", "test") for s in self.splits[split]}
+
+    def sample_counts(self) -> dict[str, int]:
+        """Samples per split (after :meth:`setup`)."""
+        return {split: len(self.splits[split]) for split in SPLITS}
+
     # ------------------------------------------------------------------ datasets and loaders
     def samples(self, split: str, task: str | None = None) -> list[MSCXRSample]:
         if split not in SPLITS:
@@ -225,7 +238,7 @@ class MSCXRDataModule(GroundingDataModule):
     def dataset(self, split: str, task: str | None = None) -> ReferDataset:
         train = split == "train"
         return ReferDataset(self.samples(split), self.image_index, self.cache, self.image_size, train,
-                            self.crop if train else None, self.seed)
+                            self.crop if train else None, self.seed, self.instructions)
 
     def training_keys(self, k: int) -> list[tuple[int, int]]:
         return shuffled_with_pass(len(self.splits["train"]), self.seed)(k)

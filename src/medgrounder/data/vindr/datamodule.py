@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from medgrounder.core.boxes import to_grid
-from medgrounder.core.labels import LOCAL_LABELS
+from medgrounder.core.labels import LOCAL_LABELS, NO_FINDING
 from medgrounder.data.base import BoxedImage, BoxedImages, GroundingDataModule, decode_all
 from medgrounder.data.sampler import shuffled
 from medgrounder.data.vindr.dicom import load_dicom_uint8
@@ -122,6 +122,8 @@ class VinDrDataModule(GroundingDataModule):
         limit_train_images: int | None = None,
         synth: dict | None = None,
     ):
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in [0, 1) (0: no validation split), got {val_fraction!r}")
         super().__init__(root, tokenizer, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          num_workers=num_workers, seed=seed, synth=synth, task=task)
         self.image_size = image_size
@@ -227,9 +229,14 @@ class VinDrDataModule(GroundingDataModule):
 
     @staticmethod
     def _target(r: VinDrRecord) -> Target:
-        """A record's findings on the 0-100 grid of the whole image and its global labels."""
+        """A record's findings on the 0-100 grid of the whole image and its global labels: the
+        diagnoses, and "No finding" exactly when the label csv's column says so (LiteGPT's binary
+        truth is that column: an image with local findings and no diagnosis has neither)."""
+        labels = tuple(r.global_labels)
+        if r.no_finding is not None:
+            labels = (*(g for g in labels if g != NO_FINDING), *((NO_FINDING,) if r.no_finding else ()))
         return Target(r.image_id, r.width, r.height, tuple((n, to_grid(b, r.width, r.height)) for n, b in r.findings),
-                      tuple(r.global_labels))
+                      labels)
 
     def dataset(self, split: str, task: str | None = None) -> SampleDataset:
         return SampleDataset(self.samples(split, task), self.images["test" if split == "test" else "train"])

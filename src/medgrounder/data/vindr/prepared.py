@@ -175,6 +175,7 @@ def annotation_line(record: VinDrRecord, image: str) -> str:
         "height": record.height,
         "findings": [[name, *box] for name, box in record.findings],
         "global_labels": list(record.global_labels),
+        "no_finding": record.no_finding,
     }, ensure_ascii=False)
 
 
@@ -208,7 +209,8 @@ def read_prepared(root: str | Path) -> tuple[dict, dict, dict[str, list[VinDrRec
                 a = json.loads(line)
                 rec = VinDrRecord(a["image_id"], a["split"], str(raw / a["dicom"]), int(a["width"]),
                                   int(a["height"]), [(n, tuple(map(float, b))) for n, *b in a["findings"]],
-                                  list(a["global_labels"]), image=str(root / a["image"]))
+                                  list(a["global_labels"]), image=str(root / a["image"]),
+                                  no_finding=a.get("no_finding"))
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{root / ANNOTATIONS_FILE}, line {line_no}: {e}") from None
             by_split.setdefault(rec.split, []).append(rec)

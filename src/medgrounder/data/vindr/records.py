@@ -57,6 +57,9 @@ class VinDrRecord:
     global_labels: list[str]  # canonical GLOBAL_LABELS in label order; ["No finding"] when none;
     # [] when the layout has no global labels (Kaggle)
     image: str | None = None  # the resized cache image, for records read from prepared output
+    # the label csv's "No finding" column (any reader); None without a label csv (Kaggle) or
+    # from a prepared cache written before it was kept. LiteGPT's binary truth is 1 - this column.
+    no_finding: bool | None = None
 
 
 @dataclass
@@ -235,11 +238,13 @@ def build_records(labels: Labels, sizes: Mapping[str, tuple[int, int]], paths: M
         findings.sort(key=lambda f: (LOCAL_INDEX[f[0]], f[1]))
         report["boxes_dedup"] += len(findings)
         report["no_finding_images"] += not findings
-        global_labels = []
+        global_labels, no_finding = [], None
         if labels.has_global:
             report["missing_labels"] += r.global_labels is None
             global_labels = _global_answer(r)
-        records.append(VinDrRecord(iid, labels.split, paths[iid], width, height, findings, global_labels))
+            no_finding = NO_FINDING in (r.global_labels or ())
+        records.append(VinDrRecord(iid, labels.split, paths[iid], width, height, findings, global_labels,
+                                   no_finding=no_finding))
     report["images"] = len(records)
     return records, report
 
