@@ -275,3 +275,19 @@ def test_audit_27_sample_counts_per_split_reach_the_table(tmp_path):
     metrics = {**refer.score(rows), **{f"num_samples/{k}": v for k, v in counts.items()}}
     assert metrics["num_samples"] == counts["test"]
     assert f"Samples: train {counts['train']}, val {counts['val']}, test {counts['test']}" in refer.report(metrics)
+
+
+def test_audit_10_a_prepared_cache_must_match_the_rows_windowing(synth_vindr_root, tmp_path):
+    from medgrounder.data.vindr.datamodule import VinDrDataModule
+    from medgrounder.data.vindr.prepared import prepare_vindr, read_prepared
+
+    prepare_vindr(synth_vindr_root, tmp_path / "dicom", size=32, windowing="dicom")
+    prepare_vindr(synth_vindr_root, tmp_path / "litegpt", size=32, windowing="litegpt")
+    with pytest.raises(ValueError, match="windowing"):
+        VinDrDataModule(str(tmp_path / "dicom"), image_size=32, windowing="litegpt").setup()
+    dm = VinDrDataModule(str(tmp_path / "litegpt"), image_size=32, windowing="litegpt", decode_workers=1)
+    dm.setup()
+    assert dm.prepared and len(dm.records["train"]) > 0
+    # the No finding column survives the cache (audit 6)
+    records = read_prepared(tmp_path / "litegpt")[2]["test"]
+    assert records and all(r.no_finding is (not r.findings) for r in records)
