@@ -325,12 +325,14 @@ def test_kaggle_bad_class_id(kaggle, tmp_path):
     fields = text[1].split(",")
     fields[2] = "13" if fields[2] != "13" else "12"
     (tmp_path / "train.csv").write_text("\n".join([text[0], ",".join(fields)]) + "\n")
-    with pytest.raises(ValueError, match=r"train\.csv, line 2: class_id"):
-        load_vindr_kaggle(tmp_path)
+    # A row that cannot be read removes its image, reported with file and line.
+    _, report = load_vindr_kaggle(tmp_path)
+    assert list(report["bad_rows"]) == [fields[0]] and report["removed_bad_rows"] == 1
+    assert report["bad_rows"][fields[0]][0].startswith("train.csv, line 2: class_id")
     fields[1], fields[2] = "Edema", "3"  # a PhysioNet-only class
     (tmp_path / "train.csv").write_text("\n".join([text[0], ",".join(fields)]) + "\n")
-    with pytest.raises(ValueError, match="unknown class_name 'Edema'"):
-        load_vindr_kaggle(tmp_path)
+    _, report = load_vindr_kaggle(tmp_path)
+    assert report["bad_rows"][fields[0]] == ["train.csv, line 2: unknown class_name 'Edema'"]
 
 
 def test_prepare_kaggle_and_datamodule(kaggle, tmp_path):

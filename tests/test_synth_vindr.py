@@ -226,8 +226,11 @@ def test_loader_errors(synth, tmp_path):
     fields[4] = "abc"
     lines[box_line] = ",".join(fields)
     ann.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=rf"annotations_test\.csv, line {box_line + 1}.*y_min"):
-        load_vindr_physionet(copy, "test")
+    # An unreadable coordinate removes its image (its truth is incomplete), named with the line.
+    records, report = load_vindr_physionet(copy, "test")
+    bad_id = fields[0]
+    assert report["bad_rows"] == {bad_id: [f"annotations_test.csv, line {box_line + 1}: y_min='abc' is not a finite number"]}
+    assert report["removed_bad_rows"] == 1 and bad_id not in {r.image_id for r in records}
     ann.write_text(text)
     labels = copy / "annotations" / "image_labels_test.csv"
     labels.write_text(labels.read_text().replace("Other disease", "Other", 1))

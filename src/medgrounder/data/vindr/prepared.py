@@ -285,6 +285,9 @@ def prepare_vindr(root: str | Path, out: str | Path, size: int = 448, workers: i
         records += split_records
         report["splits"][split] = split_report
         report["removed_conflicts"] += split_report["removed_conflicts"]
+        for key in ("removed_bad_rows", "boxes_swapped", "boxes_outside"):  # the csv's repairs
+            report[key] = report.get(key, 0) + split_report[key]
+        report["skipped_bad_ids"] = report.get("skipped_bad_ids", 0) + len(split_report["skipped_bad_ids"])
 
     atomic_write_text(out / ANNOTATIONS_FILE, annotations_text(records, images))
     report["images"] = len(records)

@@ -9,14 +9,23 @@ Label building is split in two so ``prepare`` can take image sizes from its deco
 :func:`parse_physionet` / :func:`parse_kaggle` read the csv files into per-image
 :class:`Readings` (no image I/O), :func:`build_records` clips boxes to the image, merges them
 across and within readers per (image, class) with :func:`~medgrounder.core.boxes.dedup_boxes`
-and removes images where one reader says "No finding" while another draws a box. Global labels
-are the union over the readers' rows of the label csv. The result does not depend on row order
+and removes images where one reader says "No finding" while another draws a box or, in the
+label csv, gives a label. Global labels are the union over the readers' rows of the label csv.
+
+Bad rows never stop a run and are never silently wrong (README, "Bad input"):
+a row whose ``image_id`` is not a plain file name is skipped; an image with a row that cannot be
+read (unknown class, class_id that does not match, a coordinate that is not a finite number)
+is removed, as its truth is incomplete; inverted corners are swapped; a box is clipped to the
+image and dropped when nothing of it is left inside (an image left without any of its readers'
+boxes is removed). Each case is counted, with file and line, in the report. The result does not depend on row order
 or ``PYTHONHASHSEED``: every set is sorted before it is used.
 """
 
 from __future__ import annotations
 
 import csv
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
@@ -70,10 +79,25 @@ class Readings:
     drawers: set[str] = field(default_factory=set)  # readers who drew a box
     no_finding: set[str] = field(default_factory=set)  # readers who said "No finding"
     global_labels: set[str] | None = None  # union over readers; None when not in the label csv
+    label_no_finding: set[str] = field(default_factory=set)  # readers with only "No finding" = 1 (label csv)
+    labellers: set[str] = field(default_factory=set)  # readers with any other label = 1 (label csv)
+    problems: list[str] = field(default_factory=list)  # unreadable rows: the image is removed
+    swapped: int = 0  # boxes whose inverted corners were swapped
+
+    @property
+    def box_conflict(self) -> bool:
+        return bool(self.drawers and self.no_finding)
+
+    @property
+    def label_conflict(self) -> bool:
+        """A reader says only "No finding" in the label csv (and draws nothing) while another gives a
+        label or draws a box: LiteGPT section 4.2's conflict."""
+        silent = self.label_no_finding - self.drawers
+        return bool(silent and (self.labellers | self.drawers) - silent)
 
     @property
     def conflict(self) -> bool:
-        return bool(self.drawers and self.no_finding)
+        return self.box_conflict or self.label_conflict
 
 
 @dataclass
@@ -83,14 +107,29 @@ class Labels:
     split: str
     readings: dict[str, Readings]
     has_global: bool  # the layout has image-level labels (PhysioNet)
+    bad_ids: list[dict] = field(default_factory=list)  # rows skipped for an id that is not a plain name
 
     @property
     def conflicts(self) -> list[str]:
-        return sorted(i for i, r in self.readings.items() if r.conflict)
+        return sorted(i for i, r in self.readings.items() if r.conflict and not r.problems)
+
+    @property
+    def bad_rows(self) -> dict[str, list[str]]:
+        """Image id -> why its rows cannot be read (the image is removed)."""
+        return {i: r.problems for i, r in sorted(self.readings.items()) if r.problems}
 
     def kept_ids(self) -> list[str]:
-        """Image ids without reader conflicts, sorted."""
-        return sorted(i for i, r in self.readings.items() if not r.conflict)
+        """Image ids without reader conflicts or unreadable rows, sorted."""
+        return sorted(i for i, r in self.readings.items() if not (r.conflict or r.problems))
+
+
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+def plain_image_id(image_id: str) -> bool:
+    """A file name without directories (no ``/``, ``\\``, leading dot or ``..``), so that
+    ``<split>/<image_id>.dicom`` stays inside the root."""
+    return bool(_PLAIN_ID.fullmatch(image_id)) and ".." not in image_id
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
@@ -110,11 +149,13 @@ def _cell(row: dict[str, str | None], column: str) -> str:
     return (row.get(column) or "").strip()
 
 
-def _coord(value: str | None, path: Path, line: int, column: str) -> float:
+def _coord(value: str | None) -> float | None:
+    """A finite coordinate, or ``None``."""
     try:
-        return float(value)  # type: ignore[arg-type]
+        v = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ValueError(f"{path}, line {line}: cannot parse {column}={value!r} as a number") from None
+        return None
+    return v if math.isfinite(v) else None
 
 
 def _flag(value: str | None, path: Path, line: int, column: str) -> bool:
@@ -135,28 +176,49 @@ def _global_columns(header: list[str], path: Path) -> dict[str, str]:
     return found
 
 
-def _add_box_rows(readings: dict[str, Readings], path: Path, rows, kaggle: bool) -> None:
+def _reading(readings: dict[str, Readings], bad_ids: list[dict], path: Path, line: int,
+             iid: str) -> Readings | None:
+    """The image's readings, or ``None`` (the row recorded in ``bad_ids``) for an id that is not
+    a plain name: it could name a file outside the root."""
+    if not plain_image_id(iid):
+        bad_ids.append({"file": path.name, "line": line, "image_id": iid,
+                        "reason": "image_id is not a plain file name"})
+        return None
+    return readings.setdefault(iid, Readings())
+
+
+def _add_box_rows(readings: dict[str, Readings], bad_ids: list[dict], path: Path, rows, kaggle: bool) -> None:
     """Box csv rows -> ``readings`` (PhysioNet annotations_*.csv or Kaggle train.csv)."""
     for line, row in rows:
         iid, rad, name = (_cell(row, c) for c in ("image_id", "rad_id", "class_name"))
-        r = readings.get(iid)
-        if r is None:
-            r = readings[iid] = Readings()
+        if (r := _reading(readings, bad_ids, path, line, iid)) is None:
+            continue
+        where = f"{path.name}, line {line}"
         if kaggle:
             class_id = _cell(row, "class_id")
             expected = KAGGLE_NO_FINDING_ID if name == NO_FINDING else KAGGLE_CLASS_ID.get(name)
             if expected is None:
-                raise ValueError(f"{path}, line {line}: unknown class_name {name!r}")
+                r.problems.append(f"{where}: unknown class_name {name!r}")
+                continue
             if class_id != str(expected):
-                raise ValueError(f"{path}, line {line}: class_id {class_id!r} does not match "
-                                 f"class_name {name!r} (expected {expected})")
+                r.problems.append(f"{where}: class_id {class_id!r} does not match class_name {name!r} "
+                                  f"(expected {expected})")
+                continue
         if name == NO_FINDING:
             r.no_finding.add(rad)
             continue
         if name not in LOCAL_INDEX:
-            raise ValueError(f"{path}, line {line}: unknown class_name {name!r}")
-        box = tuple(_coord(row[c], path, line, c) for c in BOX_COLUMNS)
-        r.boxes.setdefault(name, []).append(box)  # type: ignore[arg-type]
+            r.problems.append(f"{where}: unknown class_name {name!r}")
+            continue
+        x1, y1, x2, y2 = coords = [_coord(row.get(c)) for c in BOX_COLUMNS]
+        if None in coords:
+            bad = ", ".join(f"{c}={row.get(c)!r}" for c, v in zip(BOX_COLUMNS, coords, strict=True) if v is None)
+            r.problems.append(f"{where}: {bad} is not a finite number")
+            continue
+        if x1 > x2 or y1 > y2:  # inverted corners: the same rectangle, drawn from another corner
+            r.swapped += 1
+            x1, x2, y1, y2 = min(x1, x2), max(x1, x2), min(y1, y2), max(y1, y2)
+        r.boxes.setdefault(name, []).append((x1, y1, x2, y2))
         r.drawers.add(rad)
 
 
@@ -167,24 +229,45 @@ def parse_physionet(root: str | PathLike, split: str) -> Labels:
     ann_path = Path(root) / annotations_csv(split)
     lab_path = Path(root) / image_labels_csv(split)
     readings: dict[str, Readings] = {}
-    _add_box_rows(readings, ann_path, _read_csv(ann_path, ANNOTATION_COLUMNS)[1], kaggle=False)
+    bad_ids: list[dict] = []
+    box_rows = _read_csv(ann_path, ANNOTATION_COLUMNS)[1]
+    _add_box_rows(readings, bad_ids, ann_path, box_rows, kaggle=False)
 
     lab_header, lab_rows = _read_csv(lab_path, ("image_id",))
     columns = _global_columns(lab_header, lab_path)
+    local_columns = [c for c in lab_header if c in LOCAL_INDEX]
+    with_local = 0
     for line, row in lab_rows:
-        r = readings.setdefault(_cell(row, "image_id"), Readings())
+        if (r := _reading(readings, bad_ids, lab_path, line, _cell(row, "image_id"))) is None:
+            continue
         if r.global_labels is None:
             r.global_labels = set()
-        r.global_labels.update(g for g, c in columns.items() if _flag(row[c], lab_path, line, c))
-    return Labels(split, readings, has_global=True)
+        try:
+            positive = {g for g, c in columns.items() if _flag(row[c], lab_path, line, c)}
+            local = [c for c in local_columns if _flag(row[c], lab_path, line, c)]
+        except ValueError as e:
+            r.problems.append(str(e).replace(str(lab_path), lab_path.name))
+            continue
+        r.global_labels.update(positive)
+        with_local += bool(local)
+        rad = _cell(row, "rad_id")
+        if local or positive - {NO_FINDING}:
+            r.labellers.add(rad)
+        elif NO_FINDING in positive:
+            r.label_no_finding.add(rad)
+    if not box_rows and with_local:
+        raise ValueError(f"{ann_path}: no box rows, but {lab_path.name} gives local findings on "
+                         f"{with_local} rows: the box csv looks truncated (every image would be 'No finding')")
+    return Labels(split, readings, has_global=True, bad_ids=bad_ids)
 
 
 def parse_kaggle(root: str | PathLike) -> Labels:
     """Read the Kaggle VinBigData ``train.csv`` (the only labelled split)."""
     path = Path(root) / KAGGLE_CSV
     readings: dict[str, Readings] = {}
-    _add_box_rows(readings, path, _read_csv(path, KAGGLE_COLUMNS)[1], kaggle=True)
-    return Labels("train", readings, has_global=False)
+    bad_ids: list[dict] = []
+    _add_box_rows(readings, bad_ids, path, _read_csv(path, KAGGLE_COLUMNS)[1], kaggle=True)
+    return Labels("train", readings, has_global=False, bad_ids=bad_ids)
 
 
 def parse_labels(root: str | PathLike, split: str, layout: str = "physionet") -> Labels:
@@ -211,15 +294,22 @@ def build_records(labels: Labels, sizes: Mapping[str, tuple[int, int]], paths: M
 
     ``sizes`` maps image id -> ``(width, height)`` from the DICOM header; images without one
     (missing or unreadable files: the caller reports them) are left out. Boxes are clipped to
-    the image, then de-duplicated per class. Report keys: ``split``, ``images``,
-    ``removed_conflicts`` / ``removed_ids``, ``boxes_raw`` / ``boxes_dedup`` / ``boxes_clipped``
-    (of the returned images), ``no_finding_images`` and, with global labels,
-    ``missing_labels`` (images absent from the label csv).
+    the image (dropped when no area is left), then de-duplicated per class. Report keys:
+    ``split``, ``images``, ``removed_conflicts`` / ``removed_ids`` (of which
+    ``removed_label_conflicts`` from the label csv alone), ``removed_bad_rows`` / ``bad_rows``
+    (id -> reasons), ``skipped_bad_ids`` (rows whose id is not a plain name),
+    ``removed_no_box_inside`` (ids), ``boxes_raw`` / ``boxes_dedup`` / ``boxes_clipped`` /
+    ``boxes_swapped`` / ``boxes_outside`` (of the returned images), ``no_finding_images`` and,
+    with global labels, ``missing_labels`` (images absent from the label csv).
     """
     conflicts = labels.conflicts
+    bad_rows = labels.bad_rows
     report = {"split": labels.split, "images": 0, "removed_conflicts": len(conflicts),
-              "removed_ids": conflicts, "boxes_raw": 0, "boxes_dedup": 0, "boxes_clipped": 0,
-              "no_finding_images": 0}
+              "removed_label_conflicts": sum(not labels.readings[i].box_conflict for i in conflicts),
+              "removed_ids": conflicts, "removed_bad_rows": len(bad_rows), "bad_rows": bad_rows,
+              "skipped_bad_ids": labels.bad_ids, "removed_no_box_inside": [],
+              "boxes_raw": 0, "boxes_dedup": 0, "boxes_clipped": 0, "boxes_swapped": 0,
+              "boxes_outside": 0, "no_finding_images": 0}
     if labels.has_global:
         report["missing_labels"] = 0
     records = []
@@ -233,8 +323,14 @@ def build_records(labels: Labels, sizes: Mapping[str, tuple[int, int]], paths: M
             report["boxes_raw"] += len(raw)
             clipped = [(max(0.0, min(b[0], width)), max(0.0, min(b[1], height)),
                         max(0.0, min(b[2], width)), max(0.0, min(b[3], height))) for b in raw]
-            report["boxes_clipped"] += sum(c != b for c, b in zip(clipped, raw, strict=True))
-            findings += [(name, b) for b in dedup_boxes(clipped, thr=dedup_iou, mode=dedup_mode)]
+            inside = [c for c in clipped if c[2] > c[0] and c[3] > c[1]]  # no area: nothing to find
+            report["boxes_outside"] += len(clipped) - len(inside)
+            report["boxes_clipped"] += sum(c != b for c, b in zip(clipped, raw, strict=True) if c in inside)
+            findings += [(name, b) for b in dedup_boxes(inside, thr=dedup_iou, mode=dedup_mode)]
+        if r.drawers and not findings:  # its readers drew boxes, none usable: not a normal image
+            report["removed_no_box_inside"].append(iid)
+            continue
+        report["boxes_swapped"] += r.swapped
         findings.sort(key=lambda f: (LOCAL_INDEX[f[0]], f[1]))
         report["boxes_dedup"] += len(findings)
         report["no_finding_images"] += not findings
