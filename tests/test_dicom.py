@@ -443,7 +443,7 @@ def set_raw(path, **values):
     for keyword, value in values.items():
         tag = Tag(keyword)
         if value is None:
-            del ds[tag]
+            ds.pop(tag, None)
             continue
         raw = value.encode("latin-1")
         raw += b" " * (len(raw) % 2)
