@@ -1,4 +1,5 @@
 import mmap
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -506,7 +507,7 @@ def test_fast_path_refuses_what_the_reference_refuses(tmp_path, change, reading)
 
 def test_truncated_jpeg2000_is_named(tmp_path):
     path = _testdata("MR_small_jp2klossless.dcm")
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(data[:-1500])
     for fast in (True, False):

@@ -7,13 +7,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 import medgrounder.data.vindr.prepared as prepared_module
 from medgrounder.core.labels import GLOBAL_LABELS, LOCAL_LABELS
-from medgrounder.data.vindr.prepared import prepare_vindr
 from medgrounder.data.vindr.synth import synth_vindr
 from medgrounder.prepare import main
 from test_dicom import set_raw, write_dicom
@@ -168,8 +169,6 @@ def test_cache_reused_only_from_the_same_source(tmp_path):
     assert run(second, out)["written"] == 3
     write_dicom(second / "train" / "a.dicom", np.zeros((30, 40), np.uint16) + 7)
     assert (run(second, out)["written"], _report(out)["existing"]) == (1, 2)
-    from PIL import Image
-
     with Image.open(out / "images" / "train" / "a.png") as im:
         assert np.asarray(im).std() == 0 and json.loads(im.text["source"])[0] == str((second / "train" / "a.dicom").resolve())
 
@@ -241,13 +240,11 @@ def test_prepare_never_raises_on_header_values(tmp_path_factory, headers, window
     for iid, (raw, shape) in zip(ids, headers, strict=True):
         path = root / "train" / f"{iid}.dicom"
         if shape:
-            import pydicom
-
             ds = pydicom.dcmread(path)
             for key, value in shape.items():
                 setattr(ds, key, value)
             ds.save_as(path)
-        set_raw(path, **{k: v for k, v in raw.items()})
+        set_raw(path, **raw)
     run(root, tmp / "out", "--windowing", windowing)
     _all_accounted(tmp / "out", set(ids))
 
