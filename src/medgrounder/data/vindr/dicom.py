@@ -25,6 +25,11 @@ copies (file read, ``pixel_array``); bits above *Bits Stored* are masked inside 
 ``pixel_array`` masks them). ``load_dicom_uint8(..., fast=False)`` is the plain reference both
 paths are tested against.
 
+Both paths first run :func:`check_header`, so they refuse the same files in the same words
+(``Window Center 'abc' is not a number``, Bits Stored above Bits Allocated, Rows x Columns that
+do not match the data, no or a non-monochrome Photometric Interpretation, ...); a file cut
+inside its Pixel Data is reported as a truncated stream, not as "no pixel data".
+
 For a small cache image, :func:`load_dicom_reduced` windows every pixel and averages integer
 boxes of the windowed values in one pass, without the full-size 8-bit image (module
 ``prepare``).
