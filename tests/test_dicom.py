@@ -1,4 +1,5 @@
 import mmap
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -427,3 +428,89 @@ def test_reduced_on_full_size_films(synth_vindr_root):
             np.testing.assert_array_equal(load_dicom_reduced(path, size, windowing)[0],
                                           _pillow_reduced(path, windowing, size))
 
+
+
+# Hostile headers: both paths refuse the same files, naming the element and its value.
+
+
+def set_raw(path, **values):
+    """Rewrite elements of ``path`` with these raw byte strings as their values (``None``
+    removes one), as a broken writer would leave them: pydicom hands them back unconverted."""
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    ds = pydicom.dcmread(path)
+    for keyword, value in values.items():
+        tag = Tag(keyword)
+        if value is None:
+            ds.pop(tag, None)
+            continue
+        raw = value.encode("latin-1")
+        raw += b" " * (len(raw) % 2)
+        ds._dict[tag] = RawDataElement(tag, dictionary_VR(tag), len(raw), raw, 0, False, True)
+    ds.save_as(path)
+    return path
+
+
+HOSTILE_HEADERS = {  # raw values -> (the message, whether litegpt windowing reads it too)
+    "window_center": ({"WindowCenter": "abc", "WindowWidth": "50"}, "Window Center 'abc' is not a number", True),
+    "window_multi": ({"WindowCenter": "x\\100", "WindowWidth": "50"}, "Window Center 'x' is not a number", True),
+    "window_nan": ({"WindowCenter": "100", "WindowWidth": "nan"}, "Window Width 'nan' is not a finite", True),
+    "slope": ({"RescaleSlope": "two"}, "Rescale Slope 'two' is not a number", False),
+    "intercept": ({"RescaleIntercept": "1e999"}, "Rescale Intercept '1e999' is not a finite", False),
+    "frames": ({"NumberOfFrames": "x"}, "Number of Frames 'x' is not a whole number", True),
+    "no_photometric": ({"PhotometricInterpretation": None}, "no Photometric Interpretation", True),
+    "rgb": ({"PhotometricInterpretation": "RGB"}, "Photometric Interpretation 'RGB' is not MONOCHROME", True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_HEADERS))
+@pytest.mark.parametrize("windowing", WINDOWINGS)
+def test_malformed_header_values_are_named(tmp_path, case, windowing, reading):
+    tags, message, litegpt_reads = HOSTILE_HEADERS[case]
+    f = set_raw(write_dicom(tmp_path / "h.dcm", STORED), **tags)
+    calls = [lambda: load_dicom_uint8(f, windowing), lambda: load_dicom_uint8(f, windowing, fast=False),
+             lambda: load_dicom_reduced(f, 2, windowing)]
+    for call in calls:
+        if windowing == "litegpt" and not litegpt_reads:  # the paper's code never reads rescale
+            assert call() is not None
+            continue
+        with pytest.raises(DicomReadError, match=r"h\.dcm: ") as err:
+            call()
+        assert message in err.value.reason
+
+
+@pytest.mark.parametrize("change", ["bits_stored", "columns", "rows"])
+def test_fast_path_refuses_what_the_reference_refuses(tmp_path, change, reading):
+    """A header whose Bits Stored exceeds Bits Allocated, or whose Rows x Columns is smaller
+    than the pixel data: the fast path (native bytes) refuses it as the reference path does."""
+    f = write_dicom(tmp_path / "s.dcm", np.tile(STORED, (8, 4)))
+    ds = pydicom.dcmread(f)
+    if change == "bits_stored":
+        ds.BitsStored = 20
+    elif change == "columns":
+        ds.Columns = ds.Columns - 3
+    else:
+        ds.Rows = ds.Rows // 2
+    ds.save_as(f, enforce_file_format=True)
+    reasons = []
+    for fast in (True, False):
+        with pytest.raises(DicomReadError) as err:
+            load_dicom_uint8(f, fast=fast)
+        reasons.append(err.value.reason)
+    with pytest.raises(DicomReadError) as err:
+        load_dicom_reduced(f, 4)
+    assert reasons[0] == reasons[1] == err.value.reason
+    assert ("Bits Stored 20" if change == "bits_stored" else "does not match the data") in reasons[0]
+
+
+def test_truncated_jpeg2000_is_named(tmp_path):
+    path = _testdata("MR_small_jp2klossless.dcm")
+    data = Path(path).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[:-1500])
+    for fast in (True, False):
+        with pytest.raises(DicomReadError, match=r"truncated or undecodable JPEG 2000 .*stream") as err:
+            load_dicom_uint8(cut, fast=fast)
+        assert "no pixel data" not in err.value.reason

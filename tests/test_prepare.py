@@ -34,7 +34,7 @@ from medgrounder.data.vindr.synth import synth_vindr
 from medgrounder.prepare import main
 from medgrounder.utils.preflight import MissingInputError, check_inputs
 
-SIZE = 48
+SIZE = 64
 N, SEED = 24, 5
 
 

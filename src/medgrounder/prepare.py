@@ -1,11 +1,13 @@
 """Prepare datasets once, from the command line (design §6)::
 
     python -m medgrounder.prepare vindr --root RAW --out DIR [--size N] [--workers W]
-        [--windowing dicom|litegpt] [--layout physionet|kaggle]
+        [--windowing dicom|litegpt] [--layout auto|physionet|kaggle]
 
 ``vindr`` runs :func:`medgrounder.data.vindr.prepared.prepare_vindr` (the cache format, resuming
 and the report are described there) and prints the report's counts as JSON; bad input or
-settings exit with status 2 and a message naming the file and the fix. MS-CXR and the caption
+settings exit with status 2 and a one-line message naming the file, flag or choices and the fix,
+before any image is decoded (root, layout, every split's csv files, output folder, ``--size``
+in 64..4096); a bad image is reported in ``report.json`` and skipped. MS-CXR and the caption
 corpora are read as published (JPGs), so they need no prepare step.
 """
 
@@ -26,7 +28,23 @@ def _cmd_vindr(args: argparse.Namespace) -> dict:
                            windowing=args.windowing, layout=args.layout,
                            dedup_iou=args.dedup_iou, dedup_mode=args.dedup_mode)
     return {k: v for k, v in report.items() if k != "splits"} | {
-        "missing_files": len(report["missing_files"]), "unreadable_files": len(report["unreadable_files"])}
+        "missing_files": len(report["missing_files"]), "unreadable_files": len(report["unreadable_files"]),
+        "invalid_ids": len(report["invalid_ids"])}
+
+
+SIZE_RANGE = (64, 4096)
+
+
+def _size(text: str) -> int:
+    """``--size``: a whole number of pixels in :data:`SIZE_RANGE`."""
+    lo, hi = SIZE_RANGE
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,12 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vindr", help="VinDr-CXR DICOMs -> PNG cache + annotations.jsonl")
     p.add_argument("--root", required=True, help="the downloaded dataset (PhysioNet or Kaggle layout)")
     p.add_argument("--out", required=True, help="output directory (re-runs resume)")
-    p.add_argument("--size", type=int, default=448, help="side of the square cache images (default 448)")
+    p.add_argument("--size", type=_size, default=448,
+                   help=f"side of the square cache images, {SIZE_RANGE[0]}..{SIZE_RANGE[1]} (default 448)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.add_argument("--windowing", choices=WINDOWINGS, default="dicom",
                    help="dicom (the standard's VOI, default) or litegpt (the paper's appendix code)")
-    p.add_argument("--layout", choices=LAYOUTS, default="physionet",
-                   help="physionet (annotations/*.csv) or kaggle (VinBigData train.csv)")
+    p.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto",
+                   help="physionet (annotations/*.csv), kaggle (VinBigData train.csv) or auto (default: "
+                        "the one --root holds)")
     p.add_argument("--dedup-iou", type=float, default=0.5, help="merge boxes of a class above this IoU")
     p.add_argument("--dedup-mode", choices=("medoid", "mean"), default="medoid",
                    help="medoid keeps one drawn box (the paper), mean averages them")
@@ -55,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     try:
         summary = args.func(args)
-    except ValueError as e:  # bad input or settings: the message names the file and the fix
+    except (ValueError, OSError) as e:  # bad input or settings: the message names the file and the fix
         parser.exit(2, f"error: {e}\n")
     print(json.dumps(summary))
     return summary

@@ -25,6 +25,11 @@ copies (file read, ``pixel_array``); bits above *Bits Stored* are masked inside 
 ``pixel_array`` masks them). ``load_dicom_uint8(..., fast=False)`` is the plain reference both
 paths are tested against.
 
+Both paths first run :func:`check_header`, so they refuse the same files in the same words
+(``Window Center 'abc' is not a number``, Bits Stored above Bits Allocated, Rows x Columns that
+do not match the data, no or a non-monochrome Photometric Interpretation, ...); a file cut
+inside its Pixel Data is reported as a truncated stream, not as "no pixel data".
+
 For a small cache image, :func:`load_dicom_reduced` windows every pixel and averages integer
 boxes of the windowed values in one pass, without the full-size 8-bit image (module
 ``prepare``).
@@ -68,35 +73,135 @@ def _read(path: str | PathLike, **kwargs) -> pydicom.Dataset:
         return pydicom.dcmread(path, **kwargs)
     except InvalidDicomError as e:
         raise DicomReadError(path, f"not a DICOM file ({e})") from e
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # a malformed file makes the parser raise almost anything
         raise DicomReadError(path, f"unreadable DICOM ({type(e).__name__}: {e})") from e
 
 
 def read_dicom_size(path: str | PathLike) -> tuple[int, int]:
     """``(width, height)`` = ``(Columns, Rows)`` from the header, without reading pixels."""
     ds = _read(path, stop_before_pixels=True)
-    if "Rows" not in ds or "Columns" not in ds:
+    try:
+        width, height = ds.get("Columns"), ds.get("Rows")
+    except Exception as e:  # pydicom's value conversion
+        raise DicomReadError(path, f"unreadable Rows/Columns ({type(e).__name__}: {e})") from e
+    if not isinstance(width, int) or not isinstance(height, int):
         raise DicomReadError(path, "no Rows/Columns in the header")
-    return int(ds.Columns), int(ds.Rows)
+    return width, height
 
 
-def _first(value):
-    """First value of a possibly multi-valued element; ``None`` when empty."""
+class HeaderValueError(ValueError):
+    """A header element whose value cannot be used (the message names the element and value)."""
+
+
+# Keyword -> the standard's name, for messages.
+_NAMES = {"WindowCenter": "Window Center", "WindowWidth": "Window Width", "RescaleSlope": "Rescale Slope",
+          "RescaleIntercept": "Rescale Intercept", "NumberOfFrames": "Number of Frames"}
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+
+
+def _get(ds: pydicom.Dataset, keyword: str):
+    """``ds.get(keyword)``; a value pydicom cannot convert is a :class:`HeaderValueError`."""
+    try:
+        return ds.get(keyword)
+    except Exception as e:  # pydicom's value conversion raises ValueError, TypeError, ...
+        raise HeaderValueError(f"{_NAMES.get(keyword, keyword)}: unreadable value ({type(e).__name__}: {e})") from e
+
+
+def _number(ds: pydicom.Dataset, keyword: str) -> float | None:
+    """The first value of a numeric element as a finite float; ``None`` when absent or empty.
+
+    pydicom hands a malformed decimal string over as text (``'abc'``) with a warning; this is
+    where it is refused, by name: ``Window Center 'abc' is not a number``."""
+    value = _get(ds, keyword)
     if isinstance(value, MultiValue | list | tuple):
         value = value[0] if len(value) else None
-    return None if value is None or value == "" else float(value)
+    if value is None or (isinstance(value, str | bytes) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise HeaderValueError(f"{_NAMES.get(keyword, keyword)} {_text(value)} is not a number") from None
+    if not np.isfinite(number):
+        raise HeaderValueError(f"{_NAMES.get(keyword, keyword)} {_text(value)} is not a finite number")
+    return number
+
+
+def _text(value) -> str:
+    """A header value for a message: quoted, and cut short."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _frames(ds: pydicom.Dataset) -> int:
+    """*Number of Frames* (1 when absent, empty or 0, as pydicom reads it)."""
+    value = _get(ds, "NumberOfFrames")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return 1
+    try:
+        frames = int(value)
+    except (TypeError, ValueError):
+        raise HeaderValueError(f"Number of Frames {_text(value)} is not a whole number") from None
+    if frames < 0 or frames != float(value):
+        raise HeaderValueError(f"Number of Frames {_text(value)} is not a whole number")
+    return max(frames, 1)
+
+
+def _pixel_length(ds: pydicom.Dataset) -> int | None:
+    """Bytes in the (uncompressed) Pixel Data element, read or deferred; ``None``: unknown."""
+    elem = ds.get_item("PixelData", keep_deferred=True)
+    if elem is None:
+        return None
+    if elem.value is None:  # deferred: the length read from the file
+        length = getattr(elem, "length", None)
+        return None if length in (None, 0xFFFFFFFF) else int(length)
+    return len(elem.value) if isinstance(elem.value, bytes) else None
+
+
+def check_header(ds: pydicom.Dataset, windowing: str = "dicom") -> None:
+    """Refuse, by name, the header values both decoding paths would trip over or misread:
+    the numbers ``windowing`` uses, *Number of Frames*, *Photometric Interpretation* (a
+    radiograph is MONOCHROME1 or MONOCHROME2), *Bits Stored* above *Bits Allocated*, and an
+    uncompressed Pixel Data longer than *Rows* x *Columns* x frames says (more than the one
+    padding byte: the size in the header is wrong, the image would come out sheared).
+    Raises :class:`HeaderValueError`."""
+    keywords = ("WindowCenter", "WindowWidth") if windowing == "litegpt" else (
+        "WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept")
+    for keyword in keywords:
+        _number(ds, keyword)
+    frames = _frames(ds)
+    photometric = _get(ds, "PhotometricInterpretation")
+    if photometric is None or not str(photometric).strip():
+        raise HeaderValueError("no Photometric Interpretation in the header (expected MONOCHROME1 or MONOCHROME2)")
+    if str(photometric).strip() not in _MONOCHROME:
+        raise HeaderValueError(f"Photometric Interpretation {_text(photometric)} is not MONOCHROME1 or MONOCHROME2")
+    allocated, stored = _get(ds, "BitsAllocated"), _get(ds, "BitsStored")
+    if isinstance(allocated, int) and isinstance(stored, int) and not 0 < stored <= allocated:
+        raise HeaderValueError(f"Bits Stored {stored} is not between 1 and Bits Allocated {allocated}")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    rows, cols = _get(ds, "Rows"), _get(ds, "Columns")
+    if (syntax is None or syntax.is_compressed or not isinstance(allocated, int) or not isinstance(rows, int)
+            or not isinstance(cols, int) or "PixelData" not in ds):
+        return
+    samples = _get(ds, "SamplesPerPixel") or 1
+    bits = rows * cols * frames * (samples if isinstance(samples, int) else 1) * allocated
+    need = (bits + 7) // 8
+    length = _pixel_length(ds)
+    if length is not None and length > need + 1:  # one byte pads an odd length
+        raise HeaderValueError(
+            f"Pixel Data holds {length} bytes, but Rows x Columns x frames = {rows} x {cols} x {frames} "
+            f"at {allocated} bits is {need}: the image size in the header does not match the data")
 
 
 def _pixels(ds: pydicom.Dataset, path) -> np.ndarray:
     """The first frame as pydicom decodes it (any transfer syntax)."""
     if not any(tag in ds for tag in _PIXEL_TAGS):
-        raise DicomReadError(path, "no pixel data")
+        raise DicomReadError(path, _no_pixels_reason(ds, path))
     try:
         arr = ds.pixel_array
     except Exception as e:  # decoders raise many types (RuntimeError, NotImplementedError, ...)
-        raise DicomReadError(path, f"cannot decode pixel data ({type(e).__name__}: {e})") from e
+        raise DicomReadError(path, f"cannot decode {_syntax_name(ds)} pixel data ({type(e).__name__}: {e})") from e
     if ds.get("SamplesPerPixel", 1) != 1:
         raise DicomReadError(path, f"expected a monochrome image, got {ds.get('SamplesPerPixel')} samples per pixel")
     if arr.ndim == 3:  # multi-frame: the first frame
@@ -104,6 +209,29 @@ def _pixels(ds: pydicom.Dataset, path) -> np.ndarray:
     if arr.ndim != 2:
         raise DicomReadError(path, f"expected a 2-D image, got shape {arr.shape}")
     return arr
+
+
+def _syntax_name(ds: pydicom.Dataset) -> str:
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return syntax.name if syntax is not None and syntax.is_compressed else "uncompressed"
+
+
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+
+
+def _no_pixels_reason(ds: pydicom.Dataset, path) -> str:
+    """Why ``ds`` has no pixel data: a file cut inside its Pixel Data (``dcmread`` drops an
+    element the file ends in, with only a warning) or none at all."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            cut = data.rfind(_PIXEL_DATA_TAG) >= 0
+    except (TypeError, OSError, ValueError):  # a file object, or an empty file
+        cut = False
+    if not cut:
+        return "no pixel data"
+    syntax = _syntax_name(ds)
+    kind = f"{syntax} stream" if syntax != "uncompressed" else "uncompressed Pixel Data"
+    return f"truncated or undecodable {kind}: the file ends inside its Pixel Data element"
 
 
 def _map_read_only(fileno: int) -> mmap.mmap:
@@ -125,7 +253,7 @@ def _native_pixels(ds: pydicom.Dataset, path: str | PathLike | None = None) -> t
     bits = ds.get("BitsAllocated")
     if (syntax not in _NATIVE_LE or "PixelData" not in ds or bits not in (8, 16)
             or ds.get("PixelRepresentation") != 0 or ds.get("SamplesPerPixel", 1) != 1
-            or int(ds.get("NumberOfFrames") or 1) != 1 or "Rows" not in ds or "Columns" not in ds):
+            or _frames(ds) != 1 or "Rows" not in ds or "Columns" not in ds):
         return None
     rows, cols = int(ds.Rows), int(ds.Columns)
     dtype = np.dtype("<u2" if bits == 16 else "u1")
@@ -133,7 +261,8 @@ def _native_pixels(ds: pydicom.Dataset, path: str | PathLike | None = None) -> t
     elem = ds.get_item("PixelData", keep_deferred=True)
     if elem.value is None and getattr(elem, "value_tell", None) is not None and path is not None:
         with open(path, "rb") as f:
-            if need == 0 or os.fstat(f.fileno()).st_size < elem.value_tell + need:
+            if (need == 0 or elem.length < need
+                    or os.fstat(f.fileno()).st_size < elem.value_tell + need):
                 return None  # truncated or empty: pydicom reports why
             data = _map_read_only(f.fileno())
         offset = elem.value_tell
@@ -146,8 +275,15 @@ def _native_pixels(ds: pydicom.Dataset, path: str | PathLike | None = None) -> t
     return arr, ((1 << stored) - 1 if 0 < stored < bits else None)
 
 
-def _stored_values(ds: pydicom.Dataset, path, fast: bool) -> tuple[np.ndarray, int | None]:
-    """The first frame's stored values and the mask still to apply (see :func:`_native_pixels`)."""
+def _stored_values(ds: pydicom.Dataset, path, fast: bool, windowing: str) -> tuple[np.ndarray, int | None]:
+    """The first frame's stored values and the mask still to apply (see :func:`_native_pixels`),
+    after :func:`check_header` (both paths refuse the same headers, in the same words)."""
+    if not any(tag in ds for tag in _PIXEL_TAGS):  # first: a file cut short may have lost its header too
+        raise DicomReadError(path, _no_pixels_reason(ds, path))
+    try:
+        check_header(ds, windowing)
+    except HeaderValueError as e:
+        raise DicomReadError(path, str(e)) from e
     native = _native_pixels(ds, path) if fast else None
     return native if native is not None else (_pixels(ds, path), None)
 
@@ -190,8 +326,8 @@ class _Stats:
 
 def _modality(ds: pydicom.Dataset, arr: np.ndarray) -> tuple[np.ndarray, bool]:
     """Modality LUT -> float32 values, and whether anything was applied."""
-    slope = _first(ds.get("RescaleSlope"))
-    intercept = _first(ds.get("RescaleIntercept"))
+    slope = _number(ds, "RescaleSlope")
+    intercept = _number(ds, "RescaleIntercept")
     if "ModalityLUTSequence" in ds:
         return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32), True
     x = arr.astype(np.float32)
@@ -204,7 +340,7 @@ def _modality(ds: pydicom.Dataset, arr: np.ndarray) -> tuple[np.ndarray, bool]:
 
 def _window_tags(ds: pydicom.Dataset) -> tuple[float, float, str] | None:
     """``(center, width, VOI LUT Function)`` of the first usable window (width > 0), else ``None``."""
-    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    center, width = _number(ds, "WindowCenter"), _number(ds, "WindowWidth")
     if center is None or width is None or width <= 0:
         return None
     return center, width, str(ds.get("VOILUTFunction", "LINEAR")).upper()
@@ -265,7 +401,7 @@ def _window_litegpt(ds: pydicom.Dataset, arr: np.ndarray, stats: _Stats | None =
     image = arr.astype(np.float64)
     flip = -1 if ds[0x00280004].value == "MONOCHROME1" else 1
     try:
-        center, width = _first(ds[0x00281050].value), _first(ds[0x00281051].value)
+        center, width = _number(ds, "WindowCenter"), _number(ds, "WindowWidth")
         if center is None or width is None:
             raise KeyError("empty window")
         normalized_image = (image - center) / width
@@ -300,7 +436,7 @@ def _linear_window(ds: pydicom.Dataset, arr: np.ndarray, windowing: str, stats: 
     codes outside them is not linear); ``None`` for every other windowing."""
     if windowing != "dicom" or "ModalityLUTSequence" in ds:
         return None
-    slope, intercept = _first(ds.get("RescaleSlope")), _first(ds.get("RescaleIntercept"))
+    slope, intercept = _number(ds, "RescaleSlope"), _number(ds, "RescaleIntercept")
     flip = _monochrome1(ds)
     f32 = np.float32
 
@@ -370,7 +506,7 @@ def load_dicom_uint8(path: str | PathLike, windowing: str = "dicom", *, fast: bo
     if windowing not in WINDOWINGS:
         raise ValueError(f"windowing must be one of {WINDOWINGS}, got {windowing!r}")
     ds = _open(path, fast)
-    arr, mask = _stored_values(ds, path, fast)
+    arr, mask = _stored_values(ds, path, fast, windowing)
     if fast and _lut_ok(ds, arr):
         return _gather(_table(ds, arr, windowing, mask), arr)
     if mask is not None:
@@ -403,7 +539,7 @@ def load_dicom_reduced(path: str | PathLike, size: int, windowing: str = "dicom"
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     ds = _open(path, True)
-    arr, mask = _stored_values(ds, path, True)
+    arr, mask = _stored_values(ds, path, True, windowing)
     h, w = arr.shape
     kx, ky = reduce_factors(w, h, size)
     if not _lut_ok(ds, arr):  # float pixels or a Modality LUT Sequence: window, then reduce

@@ -49,3 +49,36 @@ PHYSIONET_FILES = (*map(annotations_csv, SPLITS), *map(image_labels_csv, SPLITS)
 def dicom_path(root: str | PathLike, split: str, image_id: str) -> Path:
     """``<root>/<split>/<image_id>.dicom`` (both layouts)."""
     return Path(root) / split / f"{image_id}.dicom"
+
+
+def unsafe_image_id(image_id: str) -> str | None:
+    """Why ``image_id`` cannot name a file under a split folder (a path separator, ``..``, a
+    leading dot, a control character, empty), else ``None``: such an id would make ``prepare``
+    read outside the raw root or write outside its output."""
+    if not image_id:
+        return "empty image_id"
+    if "/" in image_id or "\\" in image_id:
+        return f"image_id {image_id!r} contains a path separator"
+    if image_id.startswith("."):
+        return f"image_id {image_id!r} starts with a dot"
+    if any(ord(c) < 32 or ord(c) == 127 for c in image_id):
+        return f"image_id {image_id!r} contains a control character"
+    return None
+
+
+def detect_layout(root: str | PathLike) -> str | None:
+    """``physionet`` (an ``annotations/`` folder), ``kaggle`` (``train.csv``, no ``annotations/``)
+    or ``None`` (neither)."""
+    root = Path(root)
+    if (root / "annotations").is_dir():
+        return "physionet"
+    if (root / KAGGLE_CSV).is_file():
+        return "kaggle"
+    return None
+
+
+def label_files(layout: str) -> tuple[str, ...]:
+    """The csv files of ``layout``, relative to the root."""
+    if layout == "kaggle":
+        return (KAGGLE_CSV,)
+    return tuple(f for s in SPLITS for f in (annotations_csv(s), image_labels_csv(s)))

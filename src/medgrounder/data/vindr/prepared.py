@@ -30,14 +30,22 @@ from the header's width and height.
 A run is resumable and safe to kill: every file is written under a temporary name and renamed
 into place (:mod:`medgrounder.core.io`), finished images are skipped, the temporary files of a
 killed run are removed.
-Files that cannot be read (not DICOM, no pixel data, no transfer syntax, truncated) are listed
-in the report with the reason and left out; they never stop the run.
+Files that cannot be read (not DICOM, no pixel data, no transfer syntax, truncated, a header
+value that is not a number, or any other error while decoding or writing one image) are listed in
+the report with the reason and the exception type and left out; they never stop the run. Image
+ids that could name a path outside the split folder (``/``, ``..``) are refused the same way
+(``invalid_ids``). A finished image is reused only when its ``source`` text chunk (the DICOM's
+resolved path, size and modification time) matches the file it would be decoded from now, so a
+cache re-pointed at another root or an edited file is decoded again. Before any image is
+decoded the root, the layout (detected when not given), every split's csv files (present, UTF-8,
+parseable) and the output folder are checked, and the run stops with one line naming the problem.
 
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -54,7 +62,14 @@ from medgrounder.data.vindr.dicom import (
     load_dicom_reduced,
     reduce_factors,
 )
-from medgrounder.data.vindr.layout import LAYOUTS, SPLITS, dicom_path
+from medgrounder.data.vindr.layout import (
+    LAYOUTS,
+    SPLITS,
+    detect_layout,
+    dicom_path,
+    label_files,
+    unsafe_image_id,
+)
 from medgrounder.data.vindr.records import VinDrRecord, build_records, parse_labels
 from medgrounder.data.vindr.resample import bilinear, box_reduce
 
@@ -100,33 +115,50 @@ def load_cache_image(src: str, size: int, windowing: str = "dicom") -> tuple[np.
     return resize_reduced(img, width, height, size), width, height
 
 
-def _png_size(path: Path) -> tuple[int, int] | None:
-    """Original ``(width, height)`` stored in a finished cache image, or ``None`` if unusable."""
+def _png_size(path: Path, source: str) -> tuple[int, int] | None:
+    """Original ``(width, height)`` stored in a finished cache image decoded from ``source``
+    (:func:`source_signature`), or ``None`` if unusable or from another file."""
     try:
         with Image.open(path) as im:
+            if im.text.get("source") != source:
+                return None
             return int(im.text["original_width"]), int(im.text["original_height"])
     except (OSError, KeyError, ValueError, SyntaxError):
         return None
 
 
+def source_signature(src: str | Path) -> str:
+    """The DICOM a cache image comes from: resolved path, size in bytes, modification time (ns)."""
+    st = os.stat(src)
+    return json.dumps([str(Path(src).resolve()), st.st_size, st.st_mtime_ns])
+
+
 def prepare_image(job: tuple[str, str, int, str]) -> tuple[str, int, int, str]:
     """One image: ``(dicom, png, size, windowing)`` -> ``(status, width, height, reason)``.
 
-    ``status`` is ``written``, ``exists`` (finished by an earlier run) or ``unreadable`` (with
-    the reason). Runs in the worker processes.
+    ``status`` is ``written``, ``exists`` (finished by an earlier run from the same file) or
+    ``unreadable`` (with the reason). Runs in the worker processes; never raises, so one bad
+    file of a long run costs that file only.
     """
     src, dst, size, windowing = job
-    dst_path = Path(dst)
-    if dst_path.is_file() and (wh := _png_size(dst_path)) is not None:
-        return "exists", *wh, ""
     try:
-        img, width, height = load_cache_image(src, size, windowing)
-    except (DicomReadError, OSError) as e:
-        return "unreadable", 0, 0, getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+        return _prepare_image(src, Path(dst), size, windowing)
+    except DicomReadError as e:
+        return "unreadable", 0, 0, e.reason
+    except Exception as e:  # whatever else one file makes a decoder or the writer raise
+        return "unreadable", 0, 0, f"{type(e).__name__}: {e}"
+
+
+def _prepare_image(src: str, dst: Path, size: int, windowing: str) -> tuple[str, int, int, str]:
+    source = source_signature(src)
+    if dst.is_file() and (wh := _png_size(dst, source)) is not None:
+        return "exists", *wh, ""
+    img, width, height = load_cache_image(src, size, windowing)
     info = PngImagePlugin.PngInfo()
     info.add_text("original_width", str(width))
     info.add_text("original_height", str(height))
-    atomic_write(dst_path, lambda tmp: Image.fromarray(img).save(
+    info.add_text("source", source)
+    atomic_write(dst, lambda tmp: Image.fromarray(img).save(
         tmp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL))
     return "written", width, height, ""
 
@@ -235,19 +267,61 @@ def _check_settings(out: Path, settings: dict) -> None:
     atomic_write_json(path, settings)
 
 
+def resolve_layout(root: Path, layout: str = "auto") -> str:
+    """``layout``, or the one ``root`` holds for ``auto``; ``ValueError`` saying which to pass
+    when the folder does not hold the layout asked for."""
+    if layout not in ("auto", *LAYOUTS):
+        raise ValueError(f"layout must be one of {('auto', *LAYOUTS)}, got {layout!r}")
+    if not root.is_dir():
+        raise ValueError(f"root {root} is not a directory" if root.exists() else f"root {root} does not exist")
+    found = detect_layout(root)
+    if found is None:
+        raise ValueError(f"{root} holds neither annotations/ (the PhysioNet layout) nor train.csv "
+                         "(the Kaggle layout): is --root the downloaded dataset?")
+    if layout != "auto" and layout != found:
+        names = {"physionet": "PhysioNet layout (annotations/)", "kaggle": "Kaggle layout (train.csv, no annotations/)"}
+        raise ValueError(f"{root} looks like the {names[found]}, not {layout}: pass --layout {found}")
+    return found
+
+
+def check_label_files(root: Path, layout: str) -> None:
+    """Every csv of ``layout`` is present and UTF-8, before anything is decoded."""
+    for name in label_files(layout):
+        path = root / name
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist (the {layout} layout needs {', '.join(label_files(layout))})")
+        try:
+            path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+                             "save it as UTF-8") from None
+
+
+def _make_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create out {out} ({e.strerror or e})") from None
+
+
 def prepare_vindr(root: str | Path, out: str | Path, size: int = 448, workers: int = 1,
-                  windowing: str = "dicom", layout: str = "physionet", dedup_iou: float = 0.5,
+                  windowing: str = "dicom", layout: str = "auto", dedup_iou: float = 0.5,
                   dedup_mode: str = "medoid") -> dict:
-    """Prepare VinDr-CXR from ``root`` (PhysioNet or Kaggle layout) into ``out``; return the
-    report (also written to ``out/report.json``)."""
+    """Prepare VinDr-CXR from ``root`` (PhysioNet or Kaggle layout; ``auto``: the one it holds)
+    into ``out``; return the report (also written to ``out/report.json``)."""
     if windowing not in WINDOWINGS:
         raise ValueError(f"windowing must be one of {WINDOWINGS}, got {windowing!r}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     start = time.perf_counter()
     root, out = Path(root), Path(out)
+    layout = resolve_layout(root, layout)
+    check_label_files(root, layout)
+    splits = ("train",) if layout == "kaggle" else SPLITS
+    labels_by_split = {split: parse_labels(root, split, layout) for split in splits}  # every csv before any image
+    _make_out(out)
     settings = {"dataset": "vindr", "layout": layout, "size": size, "windowing": windowing,
                 "dedup_iou": dedup_iou, "dedup_mode": dedup_mode,
                 "format": FORMAT_VERSION}
@@ -255,15 +329,17 @@ def prepare_vindr(root: str | Path, out: str | Path, size: int = 448, workers: i
     stale = _remove_stale_tmp(out)
 
     report: dict = {**settings, "root": str(root.resolve()), "images": 0, "written": 0, "existing": 0, "stale_tmp_removed": stale,
-                    "removed_conflicts": 0, "missing_files": [], "unreadable_files": [], "splits": {}}
+                    "removed_conflicts": 0, "missing_files": [], "unreadable_files": [], "invalid_ids": [],
+                    "splits": {}}
     records: list[VinDrRecord] = []
     images: dict[tuple[str, str], str] = {}
-    for split in (("train",) if layout == "kaggle" else SPLITS):
-        labels = parse_labels(root, split, layout)
+    for split, labels in labels_by_split.items():
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         todo = []
         for iid in labels.kept_ids():
-            if dicom_path(root, split, iid).is_file():
+            if (unsafe := unsafe_image_id(iid)) is not None:
+                report["invalid_ids"].append({"image_id": iid, "split": split, "reason": unsafe})
+            elif dicom_path(root, split, iid).is_file():
                 todo.append(iid)
             else:
                 report["missing_files"].append({"image_id": iid, "split": split})
