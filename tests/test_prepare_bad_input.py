@@ -119,11 +119,19 @@ def test_any_exception_in_one_image_is_reported(tmp_path, monkeypatch):
 
 def test_test_split_csv_is_checked_before_any_decoding(tmp_path, capsys):
     root = write_root(tmp_path / "raw", {"train": ["a", "b"], "test": ["t"]})
-    with open(root / "annotations" / "annotations_test.csv", "a", newline="") as f:
-        csv.writer(f).writerow(["t", "R2", "Not a class", 1, 1, 5, 5])
+    test_csv = root / "annotations" / "annotations_test.csv"
+    good = test_csv.read_text()
+    test_csv.write_text(good.replace("x_max", "xmax", 1))  # a file the reader cannot use
     err = _error(capsys, root, tmp_path / "out")
-    assert "annotations_test.csv, line 3" in err and "Not a class" in err
+    assert "annotations_test.csv" in err and "x_max" in err
     assert not list(tmp_path.glob("out/images/*/*.png"))
+    # A bad row is not a bad file: its image is removed and reported, the rest prepared.
+    with open(test_csv, "w", newline="") as f:
+        f.write(good)
+        csv.writer(f).writerow(["t", "R2", "Not a class", 1, 1, 5, 5])
+    run(root, tmp_path / "out")
+    bad = _report(tmp_path / "out")["splits"]["test"]["bad_rows"]
+    assert bad == {"t": ["annotations_test.csv, line 3: unknown class_name 'Not a class'"]}
 
 
 def test_bad_root_out_and_layout(tmp_path, capsys):
@@ -191,12 +199,8 @@ def test_ids_that_leave_the_folders_are_refused(tmp_path):
     # A DICOM where "../secret" would read it, beside the root.
     write_dicom(tmp_path / "data" / "raw" / "secret.dicom", np.ones((4, 4), np.uint16))
     out = tmp_path / "data" / "out"
-    try:
-        summary = run(root, out)
-    except SystemExit:  # the csv reader may refuse such ids itself (then nothing is read either)
-        assert not out.exists() or not list(out.rglob("*.png"))
-        return
-    invalid = {e["image_id"]: e["reason"] for e in _report(out)["invalid_ids"]}
+    summary = run(root, out)
+    invalid = {e["image_id"]: e["reason"] for e in _report(out)["invalid_ids"]}  # one entry per csv row
     assert sorted(invalid) == sorted([".hidden", "../secret", "sub/x"]) and summary["invalid_ids"] == 3
     assert "path separator" in invalid["../secret"] and "starts with a dot" in invalid[".hidden"]
     assert _listed(out) == {"ok", "t"}
@@ -224,6 +228,8 @@ _shape = st.fixed_dictionaries({}, optional={"BitsStored": st.integers(0, 24), "
 def _all_accounted(out: Path, ids: set[str]) -> None:
     report = _report(out)
     failed = {e["image_id"] for key in ("unreadable_files", "missing_files", "invalid_ids") for e in report[key]}
+    for split in report["splits"].values():  # removed by the label rules, each with its reason
+        failed |= {*split["removed_ids"], *split["bad_rows"], *split["removed_no_box_inside"]}
     assert all(e.get("reason") for e in report["unreadable_files"])
     listed = _listed(out)
     assert listed | failed == ids and not listed & failed

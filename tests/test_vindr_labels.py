@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from medgrounder.core.labels import LOCAL_LABELS
+from medgrounder.data.vindr.layout import unsafe_image_id
 from medgrounder.data.vindr.prepared import prepare_vindr
-from medgrounder.data.vindr.records import load_vindr_physionet, plain_image_id
+from medgrounder.data.vindr.records import load_vindr_physionet
 from test_prepare import _tiny_dicom
 
 GLOBAL_COLUMNS = ["COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding"]
@@ -30,7 +31,7 @@ def _write(root: Path, boxes: list[tuple], labels: list[tuple], split: str = "tr
             for iid, rad, pos in labels if s == split else []:
                 w.writerow([iid, rad, *(int(c in pos) for c in (*LOCAL_LABELS, *GLOBAL_COLUMNS))])
     for iid in {row[0] for row in boxes} | {row[0] for row in labels}:
-        if plain_image_id(iid):
+        if unsafe_image_id(iid) is None:
             _tiny_dicom(root / split / f"{iid}.dicom", *size)
 
 
@@ -76,21 +77,21 @@ def test_boxes_outside_the_image_are_clipped_or_dropped_and_counted(tmp_path):
     assert report["removed_no_box_inside"] == ["b"]
 
 
-@pytest.mark.parametrize("iid", ["../outside", "a/b", "..", ".hidden", "a\\b", ""])
+@pytest.mark.parametrize("iid", ["../outside", "a/b", "..", ".hidden", "a\\b", "", "a\tb"])
 def test_an_image_id_that_is_not_a_plain_name_is_skipped_and_reported(tmp_path, iid):
     boxes = [(iid, "R1", "Nodule/Mass", 10, 5, 40, 30), ("b", "R1", "Nodule/Mass", 10, 5, 40, 30)]
     _write(tmp_path, boxes, _labels_for(boxes))
     (tmp_path / "outside.dicom").write_bytes((tmp_path / "train" / "b.dicom").read_bytes())
     records, report = load_vindr_physionet(tmp_path, "train")
     assert [r.image_id for r in records] == ["b"]
-    skipped = report["skipped_bad_ids"]
+    skipped = report["invalid_ids"]
     assert {(s["file"], s["line"], s["image_id"]) for s in skipped} == {
         ("annotations_train.csv", 2, iid), ("image_labels_train.csv", 2, iid)}
     out = tmp_path / "prepared"
     prepare_vindr(tmp_path, out, size=32)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["images/train/b.png"]
     full = json.loads((out / "report.json").read_text())
-    assert full["splits"]["train"]["skipped_bad_ids"] == skipped
+    assert full["invalid_ids"] == [{"split": "train", **s} for s in skipped]
 
 
 def test_an_empty_box_csv_contradicted_by_the_label_csv_is_refused(tmp_path):

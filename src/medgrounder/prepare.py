@@ -29,7 +29,7 @@ def _cmd_vindr(args: argparse.Namespace) -> dict:
                            dedup_iou=args.dedup_iou, dedup_mode=args.dedup_mode)
     return {k: v for k, v in report.items() if k != "splits"} | {
         "missing_files": len(report["missing_files"]), "unreadable_files": len(report["unreadable_files"]),
-        "invalid_ids": len(report["invalid_ids"])}
+        "invalid_ids": len({(e["split"], e["image_id"]) for e in report["invalid_ids"]})}  # ids, not rows
 
 
 SIZE_RANGE = (64, 4096)

@@ -68,7 +68,6 @@ from medgrounder.data.vindr.layout import (
     detect_layout,
     dicom_path,
     label_files,
-    unsafe_image_id,
 )
 from medgrounder.data.vindr.records import VinDrRecord, build_records, parse_labels
 from medgrounder.data.vindr.resample import bilinear, box_reduce
@@ -336,10 +335,10 @@ def prepare_vindr(root: str | Path, out: str | Path, size: int = 448, workers: i
     for split, labels in labels_by_split.items():
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         todo = []
+        # The label reader drops rows whose id is not a plain name (records.unsafe ids): listed here.
+        report["invalid_ids"] += [{"split": split, **bad} for bad in labels.bad_ids]
         for iid in labels.kept_ids():
-            if (unsafe := unsafe_image_id(iid)) is not None:
-                report["invalid_ids"].append({"image_id": iid, "split": split, "reason": unsafe})
-            elif dicom_path(root, split, iid).is_file():
+            if dicom_path(root, split, iid).is_file():
                 todo.append(iid)
             else:
                 report["missing_files"].append({"image_id": iid, "split": split})
@@ -363,7 +362,6 @@ def prepare_vindr(root: str | Path, out: str | Path, size: int = 448, workers: i
         report["removed_conflicts"] += split_report["removed_conflicts"]
         for key in ("removed_bad_rows", "boxes_swapped", "boxes_outside"):  # the csv's repairs
             report[key] = report.get(key, 0) + split_report[key]
-        report["skipped_bad_ids"] = report.get("skipped_bad_ids", 0) + len(split_report["skipped_bad_ids"])
 
     atomic_write_text(out / ANNOTATIONS_FILE, annotations_text(records, images))
     report["images"] = len(records)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
@@ -52,6 +51,7 @@ from medgrounder.data.vindr.layout import (
     annotations_csv,
     dicom_path,
     image_labels_csv,
+    unsafe_image_id,
 )
 
 
@@ -107,7 +107,7 @@ class Labels:
     split: str
     readings: dict[str, Readings]
     has_global: bool  # the layout has image-level labels (PhysioNet)
-    bad_ids: list[dict] = field(default_factory=list)  # rows skipped for an id that is not a plain name
+    bad_ids: list[dict] = field(default_factory=list)  # rows skipped for an unsafe id (layout.unsafe_image_id)
 
     @property
     def conflicts(self) -> list[str]:
@@ -121,15 +121,6 @@ class Labels:
     def kept_ids(self) -> list[str]:
         """Image ids without reader conflicts or unreadable rows, sorted."""
         return sorted(i for i, r in self.readings.items() if not (r.conflict or r.problems))
-
-
-_PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
-
-
-def plain_image_id(image_id: str) -> bool:
-    """A file name without directories (no ``/``, ``\\``, leading dot or ``..``), so that
-    ``<split>/<image_id>.dicom`` stays inside the root."""
-    return bool(_PLAIN_ID.fullmatch(image_id)) and ".." not in image_id
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
@@ -180,9 +171,8 @@ def _reading(readings: dict[str, Readings], bad_ids: list[dict], path: Path, lin
              iid: str) -> Readings | None:
     """The image's readings, or ``None`` (the row recorded in ``bad_ids``) for an id that is not
     a plain name: it could name a file outside the root."""
-    if not plain_image_id(iid):
-        bad_ids.append({"file": path.name, "line": line, "image_id": iid,
-                        "reason": "image_id is not a plain file name"})
+    if (unsafe := unsafe_image_id(iid)) is not None:
+        bad_ids.append({"file": path.name, "line": line, "image_id": iid, "reason": unsafe})
         return None
     return readings.setdefault(iid, Readings())
 
@@ -297,7 +287,7 @@ def build_records(labels: Labels, sizes: Mapping[str, tuple[int, int]], paths: M
     the image (dropped when no area is left), then de-duplicated per class. Report keys:
     ``split``, ``images``, ``removed_conflicts`` / ``removed_ids`` (of which
     ``removed_label_conflicts`` from the label csv alone), ``removed_bad_rows`` / ``bad_rows``
-    (id -> reasons), ``skipped_bad_ids`` (rows whose id is not a plain name),
+    (id -> reasons), ``invalid_ids`` (rows skipped for an unsafe id),
     ``removed_no_box_inside`` (ids), ``boxes_raw`` / ``boxes_dedup`` / ``boxes_clipped`` /
     ``boxes_swapped`` / ``boxes_outside`` (of the returned images), ``no_finding_images`` and,
     with global labels, ``missing_labels`` (images absent from the label csv).
@@ -307,7 +297,7 @@ def build_records(labels: Labels, sizes: Mapping[str, tuple[int, int]], paths: M
     report = {"split": labels.split, "images": 0, "removed_conflicts": len(conflicts),
               "removed_label_conflicts": sum(not labels.readings[i].box_conflict for i in conflicts),
               "removed_ids": conflicts, "removed_bad_rows": len(bad_rows), "bad_rows": bad_rows,
-              "skipped_bad_ids": labels.bad_ids, "removed_no_box_inside": [],
+              "invalid_ids": labels.bad_ids, "removed_no_box_inside": [],
               "boxes_raw": 0, "boxes_dedup": 0, "boxes_clipped": 0, "boxes_swapped": 0,
               "boxes_outside": 0, "no_finding_images": 0}
     if labels.has_global:
