@@ -62,7 +62,11 @@ def dedup_boxes(boxes: Sequence[Sequence[float]], thr: float = 0.5, mode: str = 
 
     The output is sorted by ``(x1, y1, x2, y2)`` and does not depend on the input order.
     """
-    items = sorted(tuple(float(v) for v in b) for b in boxes)
+    if mode not in ("medoid", "mean"):
+        raise ValueError(f"dedup mode must be 'medoid' or 'mean', got {mode!r}")
+    if len(boxes) < 2:  # most classes of an image: nothing to merge
+        return [tuple(map(float, b)) for b in boxes]  # type: ignore[misc]
+    items = sorted(tuple(map(float, b)) for b in boxes)
     n = len(items)
     parent = list(range(n))
 
@@ -84,11 +88,11 @@ def dedup_boxes(boxes: Sequence[Sequence[float]], thr: float = 0.5, mode: str = 
         groups.setdefault(find(i), []).append(i)
     out: list[Box] = []
     for members in groups.values():
-        if mode == "mean":
+        if len(members) == 1:
+            out.append(items[members[0]])  # type: ignore[arg-type]
+        elif mode == "mean":
             out.append(tuple(sum(items[m][k] for m in members) / len(members) for k in range(4)))  # type: ignore[arg-type]
         elif mode == "medoid":
             best = max(members, key=lambda m: (sum(overlap[m][o] for o in members), [-v for v in items[m]]))
             out.append(items[best])  # type: ignore[arg-type]
-        else:
-            raise ValueError(f"dedup mode must be 'medoid' or 'mean', got {mode!r}")
     return sorted(out)

@@ -13,6 +13,7 @@ x_max,y_max``) and ``{train,test}/<image_id>.dicom``, the test images unlabelled
 
 from __future__ import annotations
 
+import re
 from os import PathLike
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def dicom_path(root: str | PathLike, split: str, image_id: str) -> Path:
     return Path(root) / split / f"{image_id}.dicom"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def unsafe_image_id(image_id: str) -> str | None:
     """Why ``image_id`` cannot name a file under a split folder (a path separator, ``..``, a
     leading dot, a control character, empty), else ``None``: such an id would make ``prepare``
@@ -61,7 +65,7 @@ def unsafe_image_id(image_id: str) -> str | None:
         return f"image_id {image_id!r} contains a path separator"
     if image_id.startswith("."):
         return f"image_id {image_id!r} starts with a dot"
-    if any(ord(c) < 32 or ord(c) == 127 for c in image_id):
+    if _CONTROL.search(image_id):
         return f"image_id {image_id!r} contains a control character"
     return None
 
