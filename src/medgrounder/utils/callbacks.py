@@ -110,7 +110,12 @@ class RngState(Callback):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint under a temporary name and renames it over ``<name>``: a run killed
-    while writing leaves the previous checkpoint intact."""
+    while writing leaves the previous checkpoint intact. Reads tensors and plain containers only
+    (``weights_only=True`` whatever the caller asks): unpickling anything else could run code."""
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        kwargs = {} if map_location is None else {"map_location": map_location}
+        return super().load_checkpoint(path, weights_only=True, **kwargs)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         save = super().save_checkpoint
