@@ -135,8 +135,8 @@ def validate(cfg: DictConfig) -> None:
         if scfg.get("max_steps", -1) in (-1, None) and scfg.get("max_epochs", -1) in (-1, None):
             raise ValueError(f"stages.{name}: set max_steps or max_epochs (both are -1)")
     for _, name, scfg in selected_stages(cfg):
-        if scfg.get("init_from"):
-            resolve_init_from(scfg.init_from, f"stages.{name}.init_from")
+        if scfg.get("init_from"):  # read now (safely): a bad file fails before any work
+            read_stage_checkpoint(resolve_init_from(scfg.init_from, f"stages.{name}.init_from"), mmap=True)
     # Every datamodule shards its training stream and validation over ranks itself
     # (data/base.py); Lightning's DistributedSampler would replace the resumable stream.
     if cfg.trainer.get("use_distributed_sampler"):

@@ -25,8 +25,9 @@ TOWERS_KEY = "pretrained_towers"
 
 def read_stage_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     """A stage checkpoint (``checkpoints/<stage>.pt``), read safely
-    (:func:`~medgrounder.models.checkpoints.read_checkpoint`) and checked for its parts; its
-    config's ``_target_`` values are checked against the allowlist."""
+    (:func:`~medgrounder.models.checkpoints.read_checkpoint`) and checked for its parts; the
+    ``_target_`` values of the parts of its config that get instantiated (``model``, ``data``)
+    are checked against the allowlist."""
     ckpt = read_checkpoint(path, mmap=mmap)
     if not isinstance(ckpt, dict) or not {"stage", "state_dict", "config"} <= set(ckpt):
         raise ValueError(f"{path} is not a stage checkpoint (expected the keys stage, state_dict, config; "
@@ -34,7 +35,8 @@ def read_stage_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     config = ckpt["config"]
     if not isinstance(config, dict) or not isinstance(config.get("stages"), dict) or ckpt["stage"] not in config["stages"]:
         raise ValueError(f"{path}: its config has no stages.{ckpt['stage']} (not a stage checkpoint of this suite)")
-    check_targets(config, origin=f"checkpoint {path}")
+    for part in ("model", "data"):
+        check_targets(config.get(part), part, origin=f"checkpoint {path}")
     return ckpt
 
 
