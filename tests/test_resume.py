@@ -191,6 +191,9 @@ def test_wrong_stage_settings_fail_at_start_naming_the_key(override, message, tm
 def test_resume_refuses_a_run_directory_of_other_settings(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "run.json").write_text(json.dumps(run_identity(compose_train([f"paths.output_dir={tmp_path}"]))))
+    # a run that failed before training anything is not a run to protect
+    check_run_dir(compose_train([f"paths.output_dir={tmp_path}", "model.optim.lr=0.5"]), tmp_path)
+    (tmp_path / "checkpoints" / "identify.pt").write_bytes(b"")  # a finished stage
     check_run_dir(compose_train([f"paths.output_dir={tmp_path}", "data.num_workers=4"]), tmp_path)  # speed only
     with pytest.raises(ValueError, match=r"model\.optim\.lr"):
         check_run_dir(compose_train([f"paths.output_dir={tmp_path}", "model.optim.lr=0.5"]), tmp_path)

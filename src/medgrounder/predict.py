@@ -3,8 +3,11 @@
 One image (DICOM, PNG or JPG) -> the model's greedy answer, its boxes in the image's pixels
 and an overlay PNG. The model is rebuilt from the checkpoint's resolved config and its trainable
 weights are loaded strictly (:func:`medgrounder.pipeline.checkpoints.load_checkpoint_module`). The
-image is prepared as in training: DICOM windowing of the checkpoint's data config, grey 8-bit,
-resized to the encoder's square input. The prompt is the checkpoint stage's task (e.g.
+checkpoint is self-contained: it needs neither the training set nor the tower cache (pretrained
+tiny towers are kept in it). The image is read and checked before the model is built, and
+prepared as in training: DICOM windowing of the checkpoint's data config, grey 8-bit, resized to
+the encoder's square input. A 16-bit PNG (or any integer greyscale) is scaled by its bit depth
+(:func:`grey_uint8`), never clipped; a file that cannot be decoded is refused, naming it. The prompt is the checkpoint stage's task (e.g.
 ``[identify]``), or with a phrase ``[refer]`` and the phrase in the instruction pool's first phrasing.
 
 Writes into the run directory (``paths.output_dir``): ``prediction.json`` (``image``, ``task``,
@@ -26,36 +29,72 @@ from PIL import Image
 
 from medgrounder.core.io import atomic_write, atomic_write_text
 from medgrounder.data.collate import images_to_float
-from medgrounder.data.vindr.dicom import load_dicom_uint8
+from medgrounder.data.vindr.dicom import DicomReadError, load_dicom_uint8
 from medgrounder.metrics.drawing import draw_boxes
-from medgrounder.pipeline.checkpoints import load_checkpoint_module
+from medgrounder.pipeline.checkpoints import load_checkpoint_module, read_stage_checkpoint
 from medgrounder.tasks import Target, get_task, phrase_task
 
 log = logging.getLogger("medgrounder.predict")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
+class ImageReadError(ValueError):
+    """An input image that cannot be read: the message names the file and the reason."""
+
+
+def grey_uint8(im: Image.Image) -> np.ndarray:
+    """A decoded image -> grey ``uint8 [H, W]``. Integer greyscale wider than 8 bits (16-bit PNG:
+    Pillow's ``I;16`` / ``I``) is scaled by its bit depth, the fewest bits that hold its largest
+    value (12 for values up to 4095, as X-ray detectors store them; 16 up to 65535), so
+    ``value / (2**bits - 1) * 255`` rounded; Pillow's ``convert("L")`` would clip it to white."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(im).astype(np.int64)
+        if arr.size and arr.min() < 0:
+            raise ValueError(f"negative pixel values (mode {im.mode}): not a greyscale image this command reads")
+        bits = max(8, int(arr.max(initial=0)).bit_length())
+        return np.rint(arr * (255.0 / (2**bits - 1))).astype(np.uint8)
+    if im.mode == "F":
+        raise ValueError("floating-point pixels (mode F): save the image as 8- or 16-bit integers")
+    return np.asarray(im.convert("L"))
+
+
 def read_image(path: str | Path, windowing: str = "dicom") -> np.ndarray:
-    """A DICOM (any other suffix is tried as DICOM) or PNG / JPG file -> grey ``uint8 [H, W]``."""
+    """A DICOM (any other suffix is tried as DICOM) or PNG / JPG file -> grey ``uint8 [H, W]``;
+    :class:`ImageReadError` naming the file when it is missing, truncated or not an image."""
     path = Path(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L"))
-    return load_dicom_uint8(path, windowing=windowing)
+    if not path.is_file():
+        raise ImageReadError(f"image {path}: no such file")
+    try:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            with Image.open(path) as im:
+                im.load()  # decodes every byte now: a truncated file fails here, not later
+                pixels = grey_uint8(im)
+        else:
+            pixels = load_dicom_uint8(path, windowing=windowing)
+    except DicomReadError as e:
+        raise ImageReadError(f"image {path}: cannot read it as DICOM: {e.reason}") from e
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow: truncated / unidentified files
+        raise ImageReadError(f"image {path}: cannot read it: {e}") from e
+    if pixels.ndim != 2 or min(pixels.shape) < 1:
+        raise ImageReadError(f"image {path}: expected a 2-D image, got shape {pixels.shape}")
+    return pixels
 
 
 @torch.no_grad()
 def predict(ckpt_path: str | Path, image: str | Path, out_dir: str | Path, phrase: str | None = None,
             task: str | None = None, max_new_tokens: int | None = None) -> dict:
-    """Run the model on one image; writes ``prediction.json`` and ``overlay.png`` into ``out_dir``."""
-    module, run_cfg, stage, _ = load_checkpoint_module(ckpt_path)
-    module.eval()
-    spec = get_task(task) if task else phrase_task() if phrase else get_task(run_cfg.stages[stage].task)
+    """Run the model on one image; writes ``prediction.json`` and ``overlay.png`` into ``out_dir``.
+    The checkpoint's config, the task and the image are checked before the model is built."""
+    stored = read_stage_checkpoint(ckpt_path, mmap=True)
+    stage_task = stored["config"]["stages"][stored["stage"]]["task"]
+    spec = get_task(task) if task else phrase_task() if phrase else get_task(stage_task)
     if phrase is None and spec.takes_phrase:
         raise ValueError(f"task [{spec.name}] needs a phrase")
-    data_cfg = run_cfg.data
-    original = read_image(image, data_cfg.get("windowing", "dicom"))
+    original = read_image(image, (stored["config"].get("data") or {}).get("windowing", "dicom"))
     height, width = original.shape
+    del stored
+    module, run_cfg, _, _ = load_checkpoint_module(ckpt_path)
+    module.eval()
     size = int(run_cfg.model.image_size)
     resized = np.asarray(Image.fromarray(original).resize((size, size), Image.BILINEAR))
     # [refer] asks with the instruction pool's first phrasing, as evaluation does.

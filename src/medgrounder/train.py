@@ -39,7 +39,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medgrounder.core.io import atomic_write, atomic_write_text
 from medgrounder.models.tower_pretraining import pretrain_configured_towers
-from medgrounder.pipeline.checkpoints import load_stage_checkpoint
+from medgrounder.pipeline.checkpoints import (
+    TOWERS_KEY,
+    load_stage_checkpoint,
+    read_stage_checkpoint,
+)
 from medgrounder.pipeline.evaluation import evaluate_task, score_rows
 from medgrounder.pipeline.figures import draw_panels
 from medgrounder.pipeline.reports import write_reports
@@ -48,6 +52,7 @@ from medgrounder.tasks.base import PROTOCOLS
 from medgrounder.utils.callbacks import AtomicCheckpointIO, RngState
 from medgrounder.utils.logging import flatten_metrics, log_wandb_predictions, resolve_wandb_mode
 from medgrounder.utils.preflight import check_generation_budgets, check_inputs, stage_budget
+from medgrounder.utils.schema import check_values
 from medgrounder.utils.sweep import write_status
 
 log = logging.getLogger("medgrounder.train")
@@ -91,7 +96,7 @@ def resolve_init_from(ref: str | Path, key: str = "init_from") -> Path:
         ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         found = sorted(ckpt_dir.glob("*.pt"))
         if found:
-            order = list(torch.load(found[0], map_location="cpu", weights_only=False, mmap=True)["config"]["stages"])
+            order = list(read_stage_checkpoint(found[0], mmap=True)["config"]["stages"])
             done = [s for s in order if (ckpt_dir / f"{s}.pt").is_file()]
             if done:
                 return ckpt_dir / f"{done[-1]}.pt"
@@ -117,6 +122,7 @@ def validate(cfg: DictConfig) -> None:
     """Configuration mistakes that would otherwise surface hours later, each naming its key."""
     if not cfg.get("stages"):
         raise ValueError("stages is empty: choose stages with stage=[identify,vqa] or an experiment")
+    check_values(cfg)  # types and ranges of the numeric settings (utils/schema.py)
     for name, scfg in cfg.stages.items():
         if not isinstance(scfg, DictConfig):
             raise ValueError(f"stages.{name} must be a mapping, got {scfg!r}")
@@ -137,8 +143,8 @@ def validate(cfg: DictConfig) -> None:
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     for _, name, scfg in selected_stages(cfg):
-        if scfg.get("init_from"):
-            resolve_init_from(scfg.init_from, f"stages.{name}.init_from")
+        if scfg.get("init_from"):  # read now (safely): a bad file fails before any work
+            read_stage_checkpoint(resolve_init_from(scfg.init_from, f"stages.{name}.init_from"), mmap=True)
     # Every datamodule shards its training stream and validation over ranks itself
     # (data/base.py); Lightning's DistributedSampler would replace the resumable stream.
     if cfg.trainer.get("use_distributed_sampler"):
@@ -174,10 +180,19 @@ def run_identity(cfg: DictConfig) -> dict:
     return {k: v for k, v in _flat(ident).items() if k not in NOT_IDENTITY}
 
 
+def trained_anything(out_dir: Path) -> bool:
+    """Whether a run directory holds work to protect: a stage checkpoint, a resume checkpoint or a
+    finished evaluation. A run that failed before any of these (a wrong value, a missing file) is
+    not one: the corrected command may take its directory over."""
+    ckpts = out_dir / "checkpoints"
+    return (any(ckpts.glob("*.pt")) or any(ckpts.glob("resume/*/*.ckpt"))
+            or any((out_dir / "evaluation").glob("*/metrics.json")))
+
+
 def check_run_dir(cfg: DictConfig, out_dir: Path) -> None:
     """Refuse to resume a run directory that holds a run of other settings."""
     saved = out_dir / "checkpoints" / "run.json"
-    if not cfg.resume or not saved.is_file():
+    if not cfg.resume or not saved.is_file() or not trained_anything(out_dir):
         return
     before, now = json.loads(saved.read_text()), run_identity(cfg)
     diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
@@ -197,12 +212,14 @@ def save_stage_checkpoint(module, cfg: DictConfig, stage: str, out_dir: Path, gl
     ckpt = {"stage": stage, "state_dict": module.trainable_state_dict(),
             "frozen_fingerprint": module.frozen_fingerprint(),
             "config": OmegaConf.to_container(cfg, resolve=True), "global_step": global_step}
+    if cfg.get("tower_pretraining"):  # tiny towers: kept, so predict needs no cache or training set
+        ckpt[TOWERS_KEY] = {k: v.detach().cpu() for k, v in module.encoder.state_dict().items()}
     return atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def load_weights(module, path: Path) -> int:
     """Load a stage checkpoint's weights (strict); returns the optimizer steps it was trained for."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_stage_checkpoint(path)
     load_stage_checkpoint(module, ckpt, path)
     return int(ckpt.get("global_step", 0))
 
@@ -282,7 +299,10 @@ def train_stage(cfg: DictConfig, module, datamodule, stage: str, scfg: DictConfi
                                           "logger": loggers or False, "callbacks": callbacks, "plugins": plugins,
                                           "enable_checkpointing": True})
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    # weights_only: a resume checkpoint holds tensors and plain types (RngState, the datamodule's
+    # position), so unpickling anything else is refused (AtomicCheckpointIO enforces it too).
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None,
+                weights_only=True)
     if trainer.interrupted:
         raise RuntimeError(f"stage {stage}: training was interrupted; re-run the command to resume")
     log.info("stage %s trained in %.1f s (%d steps)", stage, time.perf_counter() - start, trainer.global_step)

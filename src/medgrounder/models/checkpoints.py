@@ -21,11 +21,13 @@ key is missing, a key is unexpected, or a shape differs. Nothing is skipped sile
 
 Our own checkpoints (a stage's ``checkpoints/<stage>.pt``, Lightning's resume checkpoint) keep
 only the trainable weights and a digest of the frozen ones; :func:`check_trainable_state` is the
-one check both go through.
+one check both go through. Every checkpoint is read by :func:`read_checkpoint`: tensors and plain
+containers only (``weights_only=True``), so a file from elsewhere cannot run code when loaded.
 """
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -41,6 +43,28 @@ class CheckpointKeyError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep the lines readable
         return str(self.args[0])
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint holding objects other than tensors and plain containers: refused unread."""
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False):
+    """``torch.load`` of tensors and plain containers only (``weights_only=True``): unpickling
+    anything else (a class instance, a function call) could run code, so such a file is refused
+    with :class:`UnsafeCheckpointError`, naming it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()
+        detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
+        raise UnsafeCheckpointError(
+            f"checkpoint {path} refused: it holds objects other than tensors and plain containers, and loading "
+            f"them could run code ({detail.strip()}). medgrounder's checkpoints hold tensors and plain types only; "
+            "a checkpoint written by an older version that stored objects must be re-created by training") from None
 
 
 def check_trainable_state(module: nn.Module, saved: Iterable[str], fingerprint: str | None, origin: str) -> None:
@@ -92,7 +116,7 @@ def read_minigptv2(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"MiniGPT-v2 checkpoint {path} not found. Get it from {SOURCE}.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     return state["model"] if isinstance(state, Mapping) and "model" in state else state
 
 

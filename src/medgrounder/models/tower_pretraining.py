@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from medgrounder.core.io import atomic_write
 from medgrounder.core.labels import LOCAL_INDEX, LOCAL_LABELS
 from medgrounder.data.collate import images_to_float
+from medgrounder.models.checkpoints import read_checkpoint
 from medgrounder.models.vlm import fused_adamw_ok
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def load_or_pretrain(encoder: nn.Module, data: Callable[[], Any], settings: dict
         state = encoder.state_dict()
         atomic_write(path, lambda tmp: torch.save(state, tmp))
         log.info("pretrained tiny towers cached: %s", path)
-    encoder.load_state_dict(torch.load(path, map_location="cpu"))
+    encoder.load_state_dict(read_checkpoint(path))
     for p, flag in zip(encoder.parameters(), trainable, strict=True):
         p.requires_grad_(flag)
     return path

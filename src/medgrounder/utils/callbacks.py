@@ -3,6 +3,7 @@ resume checkpoints, and checkpoint files written atomically."""
 
 from __future__ import annotations
 
+import pickle
 import random
 import time
 from typing import Any
@@ -13,6 +14,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from medgrounder.core.io import atomic_write
+from medgrounder.models.checkpoints import read_checkpoint
 
 
 class Throughput(Callback):
@@ -110,7 +112,16 @@ class RngState(Callback):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint under a temporary name and renames it over ``<name>``: a run killed
-    while writing leaves the previous checkpoint intact."""
+    while writing leaves the previous checkpoint intact. Reads tensors and plain containers only
+    (``weights_only=True`` whatever the caller asks): unpickling anything else could run code."""
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        kwargs = {} if map_location is None else {"map_location": map_location}
+        try:
+            return super().load_checkpoint(path, weights_only=True, **kwargs)
+        except pickle.UnpicklingError:
+            read_checkpoint(path)  # raises UnsafeCheckpointError, naming the file and what it holds
+            raise
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         save = super().save_checkpoint
