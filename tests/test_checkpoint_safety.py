@@ -109,7 +109,7 @@ def test_resume_refuses_a_hostile_resume_checkpoint(run_dir, synth_vindr_root, t
     torch.save({"state_dict": {}, "extra": Payload(marker)}, last)
     cfg = compose_train([*tiny_run_overrides(run_dir.parent / "vindr", out), "+trainer.fast_dev_run=true",
                          "evaluate=false", f"tower_pretraining.cache_dir={run_dir}/towers"])
-    with pytest.raises(ValueError, match="last.ckpt refused: it holds objects other than tensors"):
+    with pytest.raises(ValueError, match=r"last\.ckpt refused: it holds objects other than tensors"):
         run(cfg)
     assert not marker.exists()
 
