@@ -156,3 +156,71 @@ def test_unknown_task_is_usage_error(tmp_path):
     with pytest.raises(SystemExit) as e:
         score.main(["--predictions", str(tmp_path / "p.jsonl"), "--task", "nope"])
     assert e.value.code == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile predictions files: each bad value is refused naming the file, line and field
+
+
+def _identify_rows(n):
+    return [row(i, "identify", identify_answer([]), identify_answer([])) for i in range(n)]
+
+
+def test_duplicate_ids_are_refused_naming_both_lines(tmp_path, capsys):
+    rows = _identify_rows(3)
+    pred = write_jsonl(tmp_path / "p.jsonl", [*rows, rows[1]])
+    assert score.main(["--predictions", str(pred), "--task", "vindr_identify"]) == 1
+    assert f"{pred}:4: duplicate id '1' (first on line 2)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("image_width", 0, "image_width must be a positive number, got 0"),
+    ("image_width", -5, "image_width must be a positive number, got -5"),
+    ("image_height", "100", "image_height must be a positive number, got '100'"),
+    ("image_width", None, "image_width must be a positive number, got None"),
+    ("gt_boxes", "[[0, 0, 1, 1]]", "gt_boxes must be a list of boxes, got str"),
+    ("gt_boxes", [["Nodule/Mass", 1, 2]], "gt_boxes entry ['Nodule/Mass', 1, 2] is not"),
+    ("gt_boxes", [[1, 2, 3, None]], "gt_boxes entry [1, 2, 3, None] is not"),
+    ("prediction", 7, "prediction must be text, got int"),
+])
+def test_bad_values_are_refused_naming_line_and_field(tmp_path, capsys, field, value, message):
+    rows = _identify_rows(2)
+    rows[1][field] = value
+    pred = write_jsonl(tmp_path / "p.jsonl", rows)
+    for extra in ([], ["--plus-one"]):
+        assert score.main(["--predictions", str(pred), "--task", "vindr_identify", *extra]) == 1
+        err = capsys.readouterr().err
+        assert f"{pred}:2: {message}" in err and "Traceback" not in err
+
+
+def test_nan_width_is_refused(tmp_path, capsys):
+    pred = tmp_path / "p.jsonl"
+    good = json.dumps(_identify_rows(1)[0])
+    pred.write_text(good + "\n" + good.replace('"id": "0"', '"id": "1"').replace('"image_width": 200', '"image_width": NaN') + "\n")
+    assert score.main(["--predictions", str(pred), "--task", "vindr_identify"]) == 1
+    assert f"{pred}:2: image_width must be a positive number, got nan" in capsys.readouterr().err
+
+
+def test_out_a_directory_is_refused_before_scoring(tmp_path, capsys):
+    pred = write_jsonl(tmp_path / "p.jsonl", _identify_rows(2))
+    assert score.main(["--predictions", str(pred), "--task", "vindr_identify", "--out", str(tmp_path)]) == 1
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_refer_overlap_memory_grows_linearly_with_the_boxes():
+    import tracemalloc
+
+    from medgrounder.metrics.overlap import union_overlap
+
+    rng = __import__("numpy").random.default_rng(0)
+    xy = rng.uniform(0, 1000, (2, 600, 2))
+    boxes = [[(min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]) + 1, max(a[1], b[1]) + 1) for a, b in zip(*half, strict=True)]
+             for half in (xy[:, :300], xy[:, 300:])]
+    tracemalloc.start()
+    area_a, area_b, inter = union_overlap(*boxes)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # 600 boxes: a grid of cells at every edge would hold 1,200^2 cells (> 10 MB); the sweep a few
+    # arrays of 600.
+    assert peak < 2_000_000, peak
+    assert 0 < inter <= min(area_a, area_b)

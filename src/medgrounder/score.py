@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,11 @@ class InputError(ValueError):
 
 def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
     """Read one JSON object a line (blank lines skipped); errors name the file and line."""
+    return [row for _, row in read_numbered(path, required)]
+
+
+def read_numbered(path: str | Path, required: Sequence[str] = ()) -> list[tuple[int, dict]]:
+    """:func:`read_jsonl` with each row's line number."""
     rows = []
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -50,8 +56,50 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
         missing = [k for k in required if k not in row]
         if missing:
             raise InputError(f"{path}:{n}: missing field(s) {', '.join(missing)}")
-        rows.append(row)
+        rows.append((n, row))
     return rows
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _bad_box(b) -> bool:
+    """A ground-truth box: ``[x1, y1, x2, y2]`` or ``[name, x1, y1, x2, y2]`` of finite numbers."""
+    if not isinstance(b, list):
+        return True
+    coords = b[1:] if b and isinstance(b[0], str) else b
+    return len(coords) != 4 or not all(_number(v) for v in coords)
+
+
+def validate_rows(numbered: list[tuple[int, dict]], path: str | Path) -> None:
+    """Refuse what would be scored wrongly or crash: a duplicate ``id`` (it would count twice),
+    an image size that is not a positive finite number, ``gt_boxes`` that is not a list of boxes
+    of four finite numbers, a ``prediction`` / ``reference`` that is not text. Errors name the
+    file, the line and the field."""
+    first_line: dict = {}
+    for n, row in numbered:
+        where = f"{path}:{n}"
+        if "id" in row:
+            key = json.dumps(row["id"], sort_keys=True)
+            if key in first_line:
+                raise InputError(f"{where}: duplicate id {row['id']!r} (first on line {first_line[key]}): "
+                                 "each sample must be scored once")
+            first_line[key] = n
+        for field in ("image_width", "image_height"):
+            if field in row and not (_number(row[field]) and row[field] > 0):
+                raise InputError(f"{where}: {field} must be a positive number, got {row[field]!r}")
+        for field in ("prediction", "reference"):
+            if row.get(field) is not None and not isinstance(row[field], str):
+                raise InputError(f"{where}: {field} must be text, got {type(row[field]).__name__}")
+        boxes = row.get("gt_boxes")
+        if boxes is not None:
+            if not isinstance(boxes, list):
+                raise InputError(f"{where}: gt_boxes must be a list of boxes, got {type(boxes).__name__}")
+            bad = next((b for b in boxes if _bad_box(b)), None)
+            if bad is not None or any(b is None for b in boxes):
+                raise InputError(f"{where}: gt_boxes entry {bad!r} is not [x1, y1, x2, y2] (optionally after a "
+                                 "class name) of finite numbers")
 
 
 def score(rows: list[dict], task: str, plus_one: bool = False, keep_tags: bool = False,
@@ -101,7 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     task = task_for_metric(args.task)
     accepted = row_tasks(args.task)
     try:
-        rows = read_jsonl(args.predictions, task.row_fields)
+        if args.out and Path(args.out).is_dir():
+            raise InputError(f"--out {args.out} is a directory: give a file name, e.g. {Path(args.out) / 'metrics.json'}")
+        numbered = read_numbered(args.predictions, task.row_fields)
+        validate_rows(numbered, args.predictions)
+        rows = [row for _, row in numbered]
         kept = [r for r in rows if accepted is None or r.get("task") is None or r["task"] in accepted]
         if len(kept) < len(rows):
             print(f"note: skipped {len(rows) - len(kept)} rows of other tasks", file=sys.stderr)

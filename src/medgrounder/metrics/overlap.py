@@ -19,28 +19,54 @@ def pixel_boxes(boxes: Iterable[Sequence]) -> list[tuple[float, float, float, fl
     return out
 
 
+def _merged(lo: np.ndarray, hi: np.ndarray) -> list[tuple[float, float]]:
+    """Intervals ``[lo, hi)`` -> their union as sorted disjoint intervals."""
+    out: list[list[float]] = []
+    for a, b in sorted(zip(lo.tolist(), hi.tolist(), strict=True)):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        elif b > a:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _common_length(p: list[tuple[float, float]], q: list[tuple[float, float]]) -> float:
+    """Length of the intersection of two sorted disjoint interval lists (two pointers)."""
+    i = j = 0
+    total = 0.0
+    while i < len(p) and j < len(q):
+        total += max(0.0, min(p[i][1], q[j][1]) - max(p[i][0], q[j][0]))
+        if p[i][1] < q[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
 def union_overlap(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> tuple[float, float, float]:
     """``(area(A), area(B), area(A ∩ B))`` where A and B are the unions of two lists of
     ``x1, y1, x2, y2`` boxes, as continuous masks (exact; no rasterisation).
 
-    The plane is cut at every box edge; each cell is inside A (B) when some box of A (B) covers
-    it. For integer pixel boxes this equals counting pixels of the masks ``[y1:y2, x1:x2]``.
+    A sweep over the vertical slabs between consecutive box edges: in each slab the boxes that
+    span it cover a union of y-intervals. Memory grows with the number of boxes, not its square
+    (a grid of cells at every edge would hold ``(2N)^2`` cells). For integer pixel boxes this
+    equals counting pixels of the masks ``[y1:y2, x1:x2]``.
     """
-    boxes = [*a, *b]
-    if not boxes:
+    if not len(a) and not len(b):
         return 0.0, 0.0, 0.0
-    xs = np.unique([v for bx in boxes for v in (bx[0], bx[2])])
-    ys = np.unique([v for bx in boxes for v in (bx[1], bx[3])])
-    cell = np.outer(np.diff(ys), np.diff(xs))  # [ny - 1, nx - 1] cell areas
-
-    def mask(bs):
-        m = np.zeros(cell.shape, dtype=bool)
-        for x1, y1, x2, y2 in bs:
-            m[np.searchsorted(ys, y1) : np.searchsorted(ys, y2), np.searchsorted(xs, x1) : np.searchsorted(xs, x2)] = True
-        return m
-
-    ma, mb = mask(a), mask(b)
-    return float(cell[ma].sum()), float(cell[mb].sum()), float(cell[ma & mb].sum())
+    arr = {k: np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in (("a", a), ("b", b))}
+    xs = np.unique(np.concatenate([arr["a"][:, [0, 2]].ravel(), arr["b"][:, [0, 2]].ravel()]))
+    area_a = area_b = inter = 0.0
+    for x0, x1 in zip(xs[:-1].tolist(), xs[1:].tolist(), strict=True):
+        spans = {}
+        for k, bx in arr.items():
+            on = (bx[:, 0] <= x0) & (bx[:, 2] >= x1)
+            spans[k] = _merged(bx[on, 1], bx[on, 3])
+        width = x1 - x0
+        area_a += width * sum(hi - lo for lo, hi in spans["a"])
+        area_b += width * sum(hi - lo for lo, hi in spans["b"])
+        inter += width * _common_length(spans["a"], spans["b"])
+    return area_a, area_b, inter
 
 
 def box_iou_dice(pred: Sequence[Sequence[float]], gt: Sequence[Sequence[float]]) -> tuple[float, float]:
