@@ -118,3 +118,15 @@ def test_reader_conflicts_in_the_label_csv_are_removed_and_counted(tmp_path):
     records, report = load_vindr_physionet(tmp_path, "train")
     assert [r.image_id for r in records] == ["a"]
     assert report["removed_ids"] == ["c"] and report["removed_conflicts"] == report["removed_label_conflicts"] == 1
+
+
+def test_a_csv_that_is_not_utf8_is_named(tmp_path):
+    boxes = [("a", "R1", "Nodule/Mass", 10, 5, 40, 30)]
+    _write(tmp_path, boxes, _labels_for(boxes))
+    for name in ("annotations_train.csv", "image_labels_train.csv"):
+        path = tmp_path / "annotations" / name
+        good = path.read_bytes()
+        path.write_bytes(good.replace(b"R1", b"R\xe9", 1))
+        with pytest.raises(ValueError, match=rf"{name}.*(UTF-8|utf-8)"):
+            load_vindr_physionet(tmp_path, "train")
+        path.write_bytes(good)

@@ -148,11 +148,14 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tu
     """Header and ``(line number, row)`` pairs; ``ValueError`` naming the file if a column is missing."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)  # rows as lists, zipped with the header: twice DictReader's speed
-        header = [c.strip() for c in next(reader, [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing} (header: {header})")
-        rows = [(reader.line_num, dict(zip(header, row, strict=False))) for row in reader if row]
+        try:
+            header = [c.strip() for c in next(reader, [])]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {missing} (header: {header})")
+            rows = [(reader.line_num, dict(zip(header, row, strict=False))) for row in reader if row]
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e})") from None
     return header, rows
 
 
@@ -211,7 +214,7 @@ def _box_columns(path: Path, required: tuple[str, ...]) -> tuple[dict[str, list[
             df = pd.read_csv(path, keep_default_na=False, encoding="utf-8-sig", **kwargs)
         except pd.errors.EmptyDataError:
             df = pd.DataFrame()
-        except pd.errors.ParserError as e:
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: {e}") from None
         df.columns = header = [str(c).strip() for c in df.columns]
         if missing := [c for c in required if c not in header]:
