@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 
+from medgrounder.core.automaton import END, Automaton, Option, Pick, Skip, box_nodes
 from medgrounder.core.boxes import from_grid
 from medgrounder.core.grammar import BOX_DELIM, BOX_RE, PHRASE_RE, format_box
 from medgrounder.core.labels import LOCAL_INDEX, LOCAL_LABELS
@@ -142,6 +144,25 @@ def _strip_prefix(text: str) -> str:
     return text[m.end() if m else 0 :]
 
 
+@lru_cache(maxsize=16)
+def identify_grammar(labels: Sequence[str] = LOCAL_LABELS) -> Automaton:
+    """The ``[identify]`` answers :func:`identify_answer` writes over ``labels`` (local labels):
+    the no-findings sentence, or the prefix and groups ``<p>label</p> box (<delim>box)*`` joined
+    by ``, `` with labels in label order, each once, then ``.``. The no-findings answer ends on the
+    node ``no_finding``."""
+    known = sorted(set(labels), key=lambda n: LOCAL_INDEX[n])
+    if not known:
+        raise ValueError("an [identify] grammar needs at least one local label")
+    return Automaton({
+        "start": Skip(" ", "first"),
+        "first": Pick((Option(NO_LOCAL_FINDINGS, "no_finding"), Option(LOCAL_PREFIX + "<p>", "label"))),
+        "no_finding": Pick(accept=True),
+        "label": Pick(tuple(Option(f"{n}</p> ", "box", label=LOCAL_INDEX[n]) for n in known)),
+        **box_nodes("box", "after"),
+        "after": Pick((Option(BOX_DELIM, "box"), Option(", <p>", "label", needs_label=True), Option(".", END))),
+    }, "start")
+
+
 # ------------------------------------------------------------------------------ metrics
 def gt_findings(row: Mapping) -> list[tuple[str, tuple[float, ...]]]:
     """Ground-truth ``(class, pixel box)`` of an identify row: ``gt_boxes`` (``[class, x1, y1,
@@ -246,6 +267,7 @@ class Identify(Task):
     sweep_columns = ("valid_rate", "acc@0.3", "acc@0.5", "text/rouge1")
     summary_keys = ("num_samples", "valid_rate", "num_gt", "num_pred")
     draws_figure = True
+    no_answer_node = "no_finding"
 
     def __init__(self, identifier: str | None = None):
         super().__init__(identifier)
@@ -260,6 +282,17 @@ class Identify(Task):
 
     def parse(self, text: object) -> Parsed:
         return parse_identify(text)
+
+    def vocabulary(self, train) -> tuple[str, ...]:
+        """The local labels of the training boxes (every local label when there are none)."""
+        seen = {c for t in train for c, _ in t.findings if c in LOCAL_INDEX}
+        return tuple(sorted(seen, key=LOCAL_INDEX.__getitem__)) or LOCAL_LABELS
+
+    def answer_grammar(self, labels=None) -> Automaton:
+        return identify_grammar(LOCAL_LABELS if labels is None else tuple(labels))
+
+    def pairs(self, text: object) -> list[Pair]:
+        return identify_pairs(text)
 
     def score(self, rows, *, protocol="clean", plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
         """:func:`vindr_identify_metrics`; with ``text``, LiteGPT tables 4-5's text metrics (the

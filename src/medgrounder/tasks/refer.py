@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 
 import numpy as np
 
+from medgrounder.core.automaton import Automaton, Option, Pick, Skip, box_nodes
 from medgrounder.core.boxes import from_grid
 from medgrounder.core.grammar import BOX_DELIM, BOX_RE, DELIM_RE, format_box
 from medgrounder.core.labels import MSCXR_CATEGORIES
@@ -74,6 +76,13 @@ def refer_answer(grid_boxes: Iterable[Sequence[int]]) -> str:
     if not boxes:
         raise ValueError("a [refer] answer needs at least one box")
     return BOX_DELIM.join(format_box(b) for b in boxes)
+
+
+@lru_cache(maxsize=16)
+def refer_grammar() -> Automaton:
+    """The ``[refer]`` answers: one or more boxes joined by ``<delim>``."""
+    return Automaton({"start": Skip(" ", "box"), **box_nodes("box", "after"),
+                      "after": Pick((Option(BOX_DELIM, "box"),), accept=True)}, "start")
 
 
 def refer_pairs(text: object) -> list[Pair]:
@@ -199,6 +208,12 @@ class Refer(Task):
 
     def parse(self, text: object) -> Parsed:
         return parse_refer(text)
+
+    def answer_grammar(self, labels=None) -> Automaton:
+        return refer_grammar()
+
+    def pairs(self, text: object) -> list[Pair]:
+        return refer_pairs(text)
 
     def score(self, rows, *, protocol="clean", plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
         """:func:`mscxr_refer_metrics`. PFMVG publishes no scoring code: its protocol's keys

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from medgrounder.models.decoding import BOX_SCORES
+
 
 class ConfigValueError(ValueError):
     """Settings of the wrong type or out of range; the message lists each key and value."""
@@ -38,6 +40,13 @@ NON_NEGATIVE: Rule = (lambda v: _real(v) and v >= 0, "a number >= 0")
 FRACTION: Rule = (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)")
 BETAS: Rule = (lambda v: isinstance(v, list | tuple | ListConfig) and len(v) == 2 and all(_real(b) and 0 <= b < 1 for b in v),
                "two numbers in [0, 1), e.g. [0.9, 0.999]")
+
+
+BOOL: Rule = (lambda v: isinstance(v, bool), "true or false")
+
+
+def one_of(names) -> Rule:
+    return (lambda v: v in names, f"one of {', '.join(names)}")
 
 
 def _devices(v) -> bool:
@@ -70,6 +79,9 @@ VALUE_RULES: dict[str, tuple[Rule, bool]] = {
     **{f"model.optim.{k}": (r, k == "encoder_lr") for k, r in _OPTIM.items()},
     **{f"stages.*.optim.{k}": (r, k == "encoder_lr") for k, r in _OPTIM.items()},
     "model.max_new_tokens": (POSITIVE_INT, False),
+    "stages.*.max_new_tokens": (POSITIVE_INT, True),
+    "model.constrained_decoding": (BOOL, False),
+    "model.box_score": (one_of(tuple(BOX_SCORES)), False),
     "model.image_size": (POSITIVE_INT, False),
     "model.visual_tokens": (POSITIVE_INT, True),
     **{f"data.{k}": (r, k in ("limit_train_images", "decode_workers")) for k, r in _DATA.items()},
