@@ -94,6 +94,8 @@ def _prediction_boxes_error(boxes) -> str | None:
         box = b.get("box")
         if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)):
             return f"[{k}].box must be [x1, y1, x2, y2] of 4 finite numbers, got {box!r}"
+        if box[0] > box[2] or box[1] > box[3]:
+            return f"[{k}].box must have x1 <= x2 and y1 <= y2, got {box!r}"
         if _bad_score(b.get("score")):
             return f"[{k}].score must be a finite number in [0, 1], got {b.get('score')!r}"
     return None
@@ -104,7 +106,7 @@ def validate_rows(numbered: list[tuple[int, dict]], path: str | Path) -> None:
     an image size that is not a positive finite number, ``gt_boxes`` that is not a list of boxes
     of four finite numbers, a ``prediction`` / ``reference`` that is not text, malformed
     ``prediction_boxes`` (not a list; an item whose ``label`` is not a string, ``box`` not four
-    finite numbers or ``score`` not finite in [0, 1]), a ``no_finding_score`` (when not null)
+    finite numbers with x1 <= x2 and y1 <= y2, or ``score`` not finite in [0, 1]), a ``no_finding_score`` (when not null)
     outside [0, 1], and a file where only some rows carry ``prediction_boxes`` (detection
     metrics need every row's; ``[]`` is a row without a box). Errors name the file, the line
     and the field."""
