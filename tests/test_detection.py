@@ -244,7 +244,10 @@ def test_both_interpolations_agree_on_a_flat_envelope(ranked_tp, expected):
 
 
 def brute_force_froc(gts, preds, num_images, rates=FROC_RATES, thr=THR):
-    """For every score threshold, match the kept predictions from scratch (highest score first,
+    """The independent FROC (coco-froc-analysis 0.2.15 is no reference: it pins numpy<2 and in
+    use_iou mode counts a Hungarian assignment as a hit even without overlap).
+
+    For every score threshold, match the kept predictions from scratch (highest score first,
     ties in input order, each to its best-IoU unmatched GT box of the same image and class above
     ``thr``) and keep the best sensitivity within each FP/image budget."""
     best = dict.fromkeys(rates, 0.0)

@@ -113,7 +113,8 @@ def settings(rows: Sequence[Mapping], **extra) -> dict:
         "matching": "greedy in rank order: a hit takes the unmatched GT box of its image and class with the "
                     "highest IoU above the threshold; duplicates are false positives",
         "interpolation": "PASCAL VOC 2010 all-point (area under the precision envelope); COCOeval samples 101 "
-                         "recall points instead, and matches at IoU >= threshold: expect its AP within 0.01",
+                         "recall points instead and matches at IoU >= threshold: with distinct scores and no IoU at the "
+                         "threshold, its AP is within 0.01 of ours (tied scores may rank differently there)",
         "score_rule": rules or "not stated in the rows",
         "box_parts": parts,
         **extra,

@@ -293,7 +293,8 @@ def vindr_detection_metrics(rows: Sequence[Mapping], iou_thr: float = DETECTION_
     - ``map@0.4``: VinBigData's metric: PASCAL VOC 2010 all-point AP at IoU > 0.4 per class
       (:func:`~medgrounder.metrics.detection.class_aps`), averaged over the classes with ground
       truth among the local labels and "No finding" (:func:`vindr_detection_boxes`; its AP ranks
-      the images by their no-finding probability); ``ap@0.4/<class>`` each class's AP.
+      the images by their no-finding probability); ``ap@0.4/<class>`` the AP of each class with
+      ground truth (a class only predicted has no AP and no key).
     - ``froc/sens@<r>`` (r = 0.125 ... 8) and ``froc/mean``: the lesion FROC over the local
       findings only (:func:`~medgrounder.metrics.detection.froc`; hit: same class, IoU > 0.4 with
       an unmatched GT box), false positives per image over all rows.
@@ -303,7 +304,7 @@ def vindr_detection_metrics(rows: Sequence[Mapping], iou_thr: float = DETECTION_
     """
     if not has_boxes(rows):
         return {}
-    out: dict = {}
+    out: dict = {"num_images": len(rows)}
     for prefix, constant in (("", False), (CONSTANT, True)):
         gts, preds = vindr_detection_boxes(rows, constant)
         m = ap_section(gts, preds, (iou_thr,))
@@ -311,7 +312,8 @@ def vindr_detection_metrics(rows: Sequence[Mapping], iou_thr: float = DETECTION_
         local_preds = [p for p in preds if p[1] != NO_FINDING]
         m.update(froc_keys(local_gts, local_preds, len(rows), iou_thr))
         out.update(prefixed(prefix, m))
-    out.update(num_images=len(rows), num_gt=len(local_gts), num_pred=len(local_preds))
+        if not constant:
+            out.update(num_gt=len(local_gts), num_pred=len(local_preds))
     return prefixed(DETECTION, out)
 
 
