@@ -203,6 +203,15 @@ class Task:
         w, h = row["image_width"], row["image_height"]
         return [(name, from_grid(g, w, h)) for name, g in self.parse(row.get("prediction")).findings]
 
+    #: the ``score --export`` formats of this task's scored boxes (:meth:`export`)
+    exports: ClassVar[tuple[str, ...]] = ()
+
+    def export(self, rows: Sequence[Mapping], kind: str) -> dict[str, object]:
+        """The files of export ``kind`` (one of :attr:`exports`) of the rows' ``prediction_boxes``:
+        ``{role: content}``, the main file under ``""`` first, then e.g. ``"gt"``, ``"settings"``;
+        text is written as is, anything else as JSON (``score`` names and writes them)."""
+        raise ValueError(f"{self.metric_key} has no {kind!r} export (it has: {', '.join(self.exports) or 'none'})")
+
     def gt_boxes(self, row: Mapping) -> list[tuple[str, Sequence[float]]]:
         """``(label, pixel box)`` of the row's ground truth, as a figure shows them."""
         return []
