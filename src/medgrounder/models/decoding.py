@@ -226,18 +226,23 @@ class AnswerProcessor(LogitsProcessor):
         if not self.constrain:
             return scores
         remaining = self.max_new_tokens - step  # tokens still to come, this one included
-        block = torch.ones_like(scores, dtype=torch.bool)
+        rows, cols = [], []
         for i, state in enumerate(self.states):
-            if self.done[i]:
-                block[i] = False
-                continue
-            if state is None:  # left the grammar (cannot happen while constrained): end it
-                block[i, self.table.eos_token_id] = False
-                continue
-            allowed = self.index.allowed(state)
-            ids = allowed.ids[allowed.dist <= remaining - 2] if remaining - 2 < allowed.longest else allowed.ids
-            block[i, (ids if len(ids) else allowed.ids).to(block.device)] = False
-        return scores.masked_fill(block, float("-inf"))
+            if self.done[i] or state is None:  # done (transformers pads it anyway), or out of the grammar: end it
+                ids = torch.tensor([self.table.eos_token_id])
+            else:
+                allowed = self.index.allowed(state)
+                ids = allowed.ids
+                if remaining - 2 < allowed.longest:  # keep the shortest ending within the budget
+                    ids = ids[allowed.dist <= remaining - 2] if bool((allowed.dist <= remaining - 2).any()) else ids
+            rows.append(torch.full((len(ids),), i, dtype=torch.long))
+            cols.append(ids)
+        if not rows:
+            return scores
+        r, c = torch.cat(rows).to(scores.device), torch.cat(cols).to(scores.device)
+        out = torch.full_like(scores, float("-inf"))
+        out[r, c] = scores[r, c]
+        return out
 
     def finish(self, sequences: torch.Tensor) -> list[Decoded]:
         """The results, given ``generate``'s output ids [B, n] (new tokens only): books the last
