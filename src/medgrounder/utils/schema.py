@@ -79,7 +79,6 @@ VALUE_RULES: dict[str, tuple[Rule, bool]] = {
     **{f"model.optim.{k}": (r, k == "encoder_lr") for k, r in _OPTIM.items()},
     **{f"stages.*.optim.{k}": (r, k == "encoder_lr") for k, r in _OPTIM.items()},
     "model.max_new_tokens": (POSITIVE_INT, False),
-    "stages.*.max_new_tokens": (POSITIVE_INT, True),
     "model.constrained_decoding": (BOOL, False),
     "model.box_score": (one_of(tuple(BOX_SCORES)), False),
     "model.image_size": (POSITIVE_INT, False),
