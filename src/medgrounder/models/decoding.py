@@ -207,7 +207,6 @@ class AnswerProcessor(LogitsProcessor):
                 continue
             if t == self.table.eos_token_id:
                 self.done[i] = True
-                self.logprobs[i].append(lp[i])  # the ending's probability: kept apart in finish
                 continue
             self.ids[i].append(t)
             self.logprobs[i].append(lp[i])
@@ -249,11 +248,8 @@ class AnswerProcessor(LogitsProcessor):
         step's tokens."""
         if self._prev is not None and sequences.shape[1]:
             self._take(sequences[:, -1])
-        out = []
-        for i in range(len(self.ids)):
-            lps = self.logprobs[i][: len(self.ids[i])]
-            out.append(Decoded(self.ids[i], lps, self.no_answer[i], self.done[i]))
-        return out
+        return [Decoded(ids, lps, p, done)
+                for ids, lps, p, done in zip(self.ids, self.logprobs, self.no_answer, self.done, strict=True)]
 
 
 def _covering(spans: Sequence[tuple[int, int]], lo: int, hi: int) -> list[int]:

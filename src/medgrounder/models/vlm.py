@@ -26,6 +26,7 @@ from medgrounder.models.fusion import merge_tokens, merged_token_count, resolve_
 from medgrounder.models.llm import build_llm
 from medgrounder.models.projector import build_projector
 from medgrounder.models.tokenizer import load_tokenizer
+from medgrounder.tasks import get_task
 
 ENCODER_TRAIN_MODES = ("frozen", "full")
 
@@ -199,8 +200,6 @@ class VisionLanguageModel(L.LightningModule):
         (:class:`~medgrounder.models.decoding.Decoded`). ``task``: the answers' task (its grammar
         gives the no-answer probability, and the constraint under ``constrained_decoding``);
         ``labels``: the labels its grammar may name (None: all)."""
-        from medgrounder.tasks import get_task
-
         head = self._with_prefix(self.encode_images(images))
         embeds = torch.cat([head, self._embed_ids(prompt_ids).to(head.dtype)], dim=1)
         b, h = head.shape[:2]
