@@ -60,10 +60,17 @@ def _rows() -> list[dict]:
 
 
 class _Replay:
-    """A stand-in model whose answer to image ``i`` is row ``i``'s prediction."""
+    """A stand-in model whose answer to image ``i`` is row ``i``'s prediction (its tiny tokens,
+    each of probability 1)."""
 
     training = False
     device = torch.device("cpu")
+    box_score = "label_x_geomean"
+
+    def __init__(self):
+        from medgrounder.models.tokenizer import build_tiny_tokenizer
+
+        self.tokenizer = build_tiny_tokenizer()
 
     def eval(self):
         return self
@@ -71,8 +78,12 @@ class _Replay:
     def train(self, mode: bool = True):
         return self
 
-    def generate(self, images, prompt_ids, prompt_mask):
-        return [_rows()[int(i)]["prediction"] for i in images[:, 0]]
+    def generate_decoded(self, images, prompt_ids, prompt_mask, max_new_tokens=None, task=None, labels=None):
+        from medgrounder.models.decoding import Decoded
+
+        texts = [_rows()[int(i)]["prediction"] for i in images[:, 0]]
+        return [Decoded(ids := self.tokenizer.encode(t, add_special_tokens=False), [0.0] * len(ids), 0.5, True, t)
+                for t in texts]
 
 
 def _collate(items: list[dict]) -> dict:
@@ -103,7 +114,9 @@ def test_generate_rows_gathers_each_sample_once_in_order(tmp_path):
 
     single = generate_rows(_Replay(), _replay_loader())
     prompt = get_task("identify").prompt()
-    assert single == [{**r, "prompt": prompt} for r in _rows()]
+    assert [{k: v for k, v in r.items() if k not in ("prediction_boxes", "no_finding_score")} for r in single] == \
+        [{**r, "prompt": prompt} for r in _rows()]
+    assert all(r["no_finding_score"] == 0.5 and all(b["score"] == 1.0 for b in r["prediction_boxes"]) for r in single)
     mp.spawn(_generate_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     expected = json.loads(json.dumps({"rows": single, "metrics": get_task("identify").score(
         single, plus_one=True, meteor=None)}, sort_keys=True))

@@ -31,7 +31,9 @@ from medgrounder.core.io import atomic_write, atomic_write_text
 from medgrounder.data.collate import images_to_float
 from medgrounder.data.vindr.dicom import DicomReadError, load_dicom_uint8
 from medgrounder.metrics.drawing import draw_boxes
+from medgrounder.models.decoding import token_table
 from medgrounder.pipeline.checkpoints import load_checkpoint_module, read_stage_checkpoint
+from medgrounder.pipeline.generation import scored_row
 from medgrounder.tasks import Target, get_task, phrase_task
 
 log = logging.getLogger("medgrounder.predict")
@@ -102,15 +104,17 @@ def predict(ckpt_path: str | Path, image: str | Path, out_dir: str | Path, phras
     suffix = spec.prompt_suffix(instruction)
     ids = torch.tensor([module.tokenizer.encode(suffix, add_special_tokens=False)])
     images = images_to_float(torch.from_numpy(resized)[None]).to(module.device)
-    answer = module.generate(images, ids.to(module.device), torch.ones_like(ids).to(module.device),
-                             max_new_tokens=max_new_tokens)[0]
-    row = {"prediction": answer, "image_width": width, "image_height": height}
-    boxes = [{"label": name, "box": [round(v, 2) for v in box]} for name, box in spec.predicted_boxes(row)]
+    decoded = module.generate_decoded(images, ids.to(module.device), torch.ones_like(ids).to(module.device),
+                                      max_new_tokens=max_new_tokens, task=spec.name)[0]
+    row = scored_row({"image_width": width, "image_height": height, "prompt": spec.prompt(instruction)}, decoded, spec,
+                     token_table(module.tokenizer), module.box_score)
+    answer = decoded.text
+    boxes = [{k: b[k] for k in ("label", "box", "score")} for b in row.get("prediction_boxes", [])]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {"image": str(image), "task": spec.name, "prompt": spec.prompt(instruction),
               "answer": answer, "valid": spec.parse(answer).valid, "boxes": boxes, "image_width": width,
-              "image_height": height}
+              "image_height": height, **({"no_finding_score": row["no_finding_score"]} if "no_finding_score" in row else {})}
     atomic_write_text(out / "prediction.json", json.dumps(result, indent=2) + "\n")
     overlay = draw_boxes(original, [], [(b["label"], b["box"]) for b in boxes], title=Path(image).name[:24])
     atomic_write(out / "overlay.png", lambda tmp: overlay.save(tmp, format="PNG"))

@@ -2,6 +2,8 @@
 
     python -m medgrounder.prepare vindr --root RAW --out DIR [--size N] [--workers W]
         [--windowing dicom|litegpt] [--layout auto|physionet|kaggle]
+        [--label-fusion dedup|wbf|none] [--dedup-iou T] [--dedup-mode medoid|mean]
+        [--fusion-iou T] [--fusion-conf-type avg|box_and_model_avg] [--min-votes K]
 
 ``vindr`` runs :func:`medgrounder.data.vindr.prepared.prepare_vindr` (the cache format, resuming
 and the report are described there) and prints the report's counts as JSON; bad input or
@@ -20,16 +22,20 @@ from collections.abc import Sequence
 
 from medgrounder.data.vindr.dicom import WINDOWINGS
 from medgrounder.data.vindr.layout import LAYOUTS
-from medgrounder.data.vindr.prepared import prepare_vindr
+from medgrounder.data.vindr.prepared import fusion_summary, prepare_vindr
+from medgrounder.data.vindr.records import DEDUP_MODES, FUSION_CONF_TYPES, LABEL_FUSIONS
 
 
 def _cmd_vindr(args: argparse.Namespace) -> dict:
     report = prepare_vindr(args.root, args.out, size=args.size, workers=args.workers,
                            windowing=args.windowing, layout=args.layout,
-                           dedup_iou=args.dedup_iou, dedup_mode=args.dedup_mode)
+                           dedup_iou=args.dedup_iou, dedup_mode=args.dedup_mode,
+                           label_fusion=args.label_fusion, fusion_iou=args.fusion_iou,
+                           fusion_conf_type=args.fusion_conf_type, min_votes=args.min_votes)
     return {k: v for k, v in report.items() if k != "splits"} | {
         "missing_files": len(report["missing_files"]), "unreadable_files": len(report["unreadable_files"]),
-        "invalid_ids": len({(e["split"], e["image_id"]) for e in report["invalid_ids"]})}  # ids, not rows
+        "invalid_ids": len({(e["split"], e["image_id"]) for e in report["invalid_ids"]}),  # ids, not rows
+        "fusion": {split: fusion_summary(r) for split, r in report["splits"].items()}}
 
 
 SIZE_RANGE = (64, 4096)
@@ -63,9 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto",
                    help="physionet (annotations/*.csv), kaggle (VinBigData train.csv) or auto (default: "
                         "the one --root holds)")
-    p.add_argument("--dedup-iou", type=float, default=0.5, help="merge boxes of a class above this IoU")
-    p.add_argument("--dedup-mode", choices=("medoid", "mean"), default="medoid",
-                   help="medoid keeps one drawn box (the paper), mean averages them")
+    p.add_argument("--label-fusion", choices=LABEL_FUSIONS, default="dedup",
+                   help="how the readers' boxes become labels: dedup (LiteGPT's IoU de-duplication, "
+                        "default), wbf (weighted boxes fusion, the fused score = reader agreement) or "
+                        "none (every box as drawn)")
+    p.add_argument("--dedup-iou", type=float, default=0.5, help="dedup: merge boxes of a class above this IoU")
+    p.add_argument("--dedup-mode", choices=DEDUP_MODES, default="medoid",
+                   help="dedup: medoid keeps one drawn box (the paper), mean averages them")
+    p.add_argument("--fusion-iou", type=float, default=0.5, help="wbf: cluster boxes of a class above this IoU")
+    p.add_argument("--fusion-conf-type", choices=FUSION_CONF_TYPES, default="avg",
+                   help="wbf: ensemble_boxes' conf_type (box_and_model_avg counts distinct readers)")
+    p.add_argument("--min-votes", type=int, default=None,
+                   help="wbf: drop fused boxes fewer readers agree on (default: keep all)")
     p.set_defaults(func=_cmd_vindr)
     return parser
 

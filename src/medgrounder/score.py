@@ -2,6 +2,7 @@
 
     python -m medgrounder.score --predictions F --task T [--out metrics.json]
         [--protocol {clean,paper,both}] [--plus-one] [--keep-tags] [--meteor {nltk,coco,none}]
+        [--export {coco,kaggle} [--export-out PATH]]
 
 Tasks: ``vindr_identify`` and ``vindr_vqa`` (LiteGPT tables 1-3, 6, 8-13), ``mscxr_refer``
 (PFMVG tables 1-4: rows need ``category``, ``gt_boxes`` in pixels, ``image_width`` and
@@ -9,8 +10,13 @@ Tasks: ``vindr_identify`` and ``vindr_vqa`` (LiteGPT tables 1-3, 6, 8-13), ``msc
 task). ``--protocol`` as the runs' ``protocol`` key (design section 7; default ``both``: the
 clean keys and the papers' under ``paper/``); ``--plus-one`` / ``--keep-tags`` change the clean
 keys only. Prints the metrics as markdown tables and, with ``--out``, writes them as JSON (sorted
-keys; a METEOR with no backend is ``null``). Exit codes: 0 success, 1 bad input file, 2 usage
-error.
+keys; a METEOR with no backend is ``null``). Rows carrying ``prediction_boxes`` (scored boxes,
+design section 7) also get the detection keys (``detection/map@0.4``, ``detection/froc/...``);
+``--export`` writes them as COCO results + COCO ground truth (``vindr_identify``,
+``mscxr_refer``) or a Kaggle VinBigData submission (``vindr_identify``) to ``--export-out``
+(default: beside the predictions, ``<stem>.<format>.json|csv``), each with a ``.settings.json``
+sidecar recording the metric settings (``.gt.json``: COCO's ground truth). Exit codes: 0
+success, 1 bad input file, 2 usage error.
 """
 
 from __future__ import annotations
@@ -72,12 +78,44 @@ def _bad_box(b) -> bool:
     return len(coords) != 4 or not all(_number(v) for v in coords)
 
 
+def _bad_score(v) -> bool:
+    return not (_number(v) and 0.0 <= v <= 1.0)
+
+
+def _prediction_boxes_error(boxes) -> str | None:
+    """What is wrong with a row's ``prediction_boxes`` (None when it is well formed)."""
+    if not isinstance(boxes, list):
+        return f"must be a list of boxes, got {type(boxes).__name__}"
+    for k, b in enumerate(boxes):
+        if not isinstance(b, dict):
+            return f"[{k}] must be an object with label, box and score, got {type(b).__name__}"
+        if not isinstance(b.get("label"), str):
+            return f"[{k}].label must be a string, got {b.get('label')!r}"
+        box = b.get("box")
+        if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)):
+            return f"[{k}].box must be [x1, y1, x2, y2] of 4 finite numbers, got {box!r}"
+        if box[0] > box[2] or box[1] > box[3]:
+            return f"[{k}].box must have x1 <= x2 and y1 <= y2, got {box!r}"
+        if _bad_score(b.get("score")):
+            return f"[{k}].score must be a finite number in [0, 1], got {b.get('score')!r}"
+    return None
+
+
 def validate_rows(numbered: list[tuple[int, dict]], path: str | Path) -> None:
     """Refuse what would be scored wrongly or crash: a duplicate ``id`` (it would count twice),
     an image size that is not a positive finite number, ``gt_boxes`` that is not a list of boxes
-    of four finite numbers, a ``prediction`` / ``reference`` that is not text. Errors name the
-    file, the line and the field."""
+    of four finite numbers, a ``prediction`` / ``reference`` that is not text, malformed
+    ``prediction_boxes`` (not a list; an item whose ``label`` is not a string, ``box`` not four
+    finite numbers with x1 <= x2 and y1 <= y2, or ``score`` not finite in [0, 1]), a ``no_finding_score`` (when not null)
+    outside [0, 1], and a file where only some rows carry ``prediction_boxes`` (detection
+    metrics need every row's; ``[]`` is a row without a box). Errors name the file, the line
+    and the field."""
     first_line: dict = {}
+    with_boxes = [n for n, row in numbered if row.get("prediction_boxes") is not None]
+    if with_boxes and len(with_boxes) < len(numbered):
+        n = next(n for n, row in numbered if row.get("prediction_boxes") is None)
+        raise InputError(f"{path}:{n}: no prediction_boxes while {len(with_boxes)} of {len(numbered)} rows have "
+                         f"them (first on line {with_boxes[0]}): give every row its list ([] for no box)")
     for n, row in numbered:
         where = f"{path}:{n}"
         if "id" in row:
@@ -100,6 +138,13 @@ def validate_rows(numbered: list[tuple[int, dict]], path: str | Path) -> None:
             if bad is not None or any(b is None for b in boxes):
                 raise InputError(f"{where}: gt_boxes entry {bad!r} is not [x1, y1, x2, y2] (optionally after a "
                                  "class name) of finite numbers")
+        if row.get("prediction_boxes") is not None:
+            problem = _prediction_boxes_error(row["prediction_boxes"])
+            if problem:
+                raise InputError(f"{where}: prediction_boxes{problem if problem.startswith('[') else ' ' + problem}")
+        if row.get("no_finding_score") is not None and _bad_score(row["no_finding_score"]):
+            raise InputError(f"{where}: no_finding_score must be a finite number in [0, 1] or null, "
+                             f"got {row['no_finding_score']!r}")
 
 
 def score(rows: list[dict], task: str, plus_one: bool = False, keep_tags: bool = False,
@@ -113,7 +158,7 @@ def score(rows: list[dict], task: str, plus_one: bool = False, keep_tags: bool =
 def report(m: dict, task: Task) -> str:
     """Markdown tables of the metrics of one section: its counts, the task's report (as in
     ``tables.md``) and its text metrics."""
-    parts = [summary_table(m, list(task.summary_keys))]
+    parts = [summary_table(m, [k for k in task.summary_keys if k in m])]
     section = task.report(m, label="model", detailed=True)
     if section:
         parts.append(section)
@@ -145,8 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--meteor", choices=("nltk", "coco", "none"), default="nltk",
         help="caption: METEOR backend (nltk + WordNet 3.0 = LiteGPT; coco = Java METEOR 1.5)",
     )
+    parser.add_argument("--export", choices=("coco", "kaggle"),
+                        help="also write the scored boxes (prediction_boxes) as COCO results + ground truth or a "
+                             "Kaggle VinBigData submission, with a .settings.json sidecar")
+    parser.add_argument("--export-out", help="the export's main file (default: beside --predictions)")
     args = parser.parse_args(argv)
     task = task_for_metric(args.task)
+    if args.export_out and not args.export:
+        parser.error("--export-out needs --export")
+    if args.export and args.export not in task.exports:
+        parser.error(f"--task {args.task} has no --export {args.export} (it has: {', '.join(task.exports) or 'none'})")
     accepted = row_tasks(args.task)
     try:
         if args.out and Path(args.out).is_dir():
@@ -161,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(f"{args.predictions}: no rows for task {args.task}")
         metrics = score(kept, args.task, plus_one=args.plus_one, keep_tags=args.keep_tags,
                         meteor=None if args.meteor == "none" else args.meteor, protocol=args.protocol)
+        files = task.export(kept, args.export) if args.export else {}
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -171,8 +225,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    for written in write_export(files, args.export_out or default_export_path(args.predictions, args.export)):
+        print(f"note: wrote {written}", file=sys.stderr)
     print(f"## {args.task}: {args.predictions}\n\n{report(metrics, task)}")
     return 0
+
+
+def default_export_path(predictions: str | Path, kind: str | None) -> Path:
+    """``<dir>/<stem>.coco.json`` or ``<dir>/<stem>.kaggle.csv`` beside the predictions file."""
+    p = Path(predictions)
+    return p.with_name(f"{p.stem}.{kind}.{'csv' if kind == 'kaggle' else 'json'}")
+
+
+def write_export(files: dict, main: str | Path) -> list[Path]:
+    """Write a task's export (:meth:`~medgrounder.tasks.Task.export`): the main file at ``main``,
+    each other role at ``<main without suffix>.<role>.json``; text as is, the rest as JSON."""
+    main = Path(main)
+    out = []
+    for role, content in files.items():
+        path = main if not role else main.with_name(f"{main.stem}.{role}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = content if isinstance(content, str) else json.dumps(content, indent=1 if role else None) + "\n"
+        out.append(atomic_write_text(path, text))
+    return out
 
 
 if __name__ == "__main__":

@@ -17,13 +17,16 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import LogitsProcessorList
 
 from medgrounder.core.template import IGNORE_INDEX, PROMPT_PREFIX
 from medgrounder.models.checkpoints import PARTS, check_trainable_state, load_minigptv2
+from medgrounder.models.decoding import BOX_SCORES, AnswerProcessor, Decoded, token_table
 from medgrounder.models.fusion import merge_tokens, merged_token_count, resolve_merge
 from medgrounder.models.llm import build_llm
 from medgrounder.models.projector import build_projector
 from medgrounder.models.tokenizer import load_tokenizer
+from medgrounder.tasks import get_task
 
 ENCODER_TRAIN_MODES = ("frozen", "full")
 
@@ -45,6 +48,8 @@ class VisionLanguageModel(L.LightningModule):
         init_from: dict | None = None,
         cache_frozen_features: bool = False,
         encoder_output_norm: bool = False,
+        constrained_decoding: bool = False,
+        box_score: str = "label_x_geomean",
     ):
         """``encoder``: a tower or :class:`FusedTowers`; ``llm``: :func:`build_llm` arguments plus
         ``tokenizer`` (:func:`load_tokenizer` arguments); ``projector``: ``{hidden: int | None}``;
@@ -55,8 +60,13 @@ class VisionLanguageModel(L.LightningModule):
         ``cache_frozen_features``: training keeps the frozen towers' tokens of its fixed training
         images (:meth:`cache_features`; no effect when the towers train);
         ``encoder_output_norm``: a LayerNorm without affine weights on each token the encoder
-        outputs (LiteGPT's frozen ``ln_vision``, weight 1 and bias 0: nothing to train or save)."""
+        outputs (LiteGPT's frozen ``ln_vision``, weight 1 and bias 0: nothing to train or save);
+        ``constrained_decoding`` (contract): greedy answers kept to the task's answer grammar
+        (:mod:`medgrounder.models.decoding`); ``box_score``: the rule that combines a box's parts
+        into its ``score`` (:data:`~medgrounder.models.decoding.BOX_SCORES`)."""
         super().__init__()
+        if box_score not in BOX_SCORES:
+            raise ValueError(f"model.box_score must be one of {', '.join(BOX_SCORES)}, got {box_score!r}")
         if encoder_train_mode not in ENCODER_TRAIN_MODES:
             raise ValueError(f"model.encoder_train_mode must be one of {ENCODER_TRAIN_MODES}, got {encoder_train_mode!r}")
         if encoder.image_size != image_size:
@@ -90,6 +100,8 @@ class VisionLanguageModel(L.LightningModule):
         self.optim = {"lr": 1e-4, "weight_decay": 0.05, "betas": (0.9, 0.999), "warmup_steps": 0,
                       "warmup_start_lr": 0.0, "min_lr": 0.0, **(optim or {})}
         self.max_new_tokens = max_new_tokens
+        self.constrained_decoding = constrained_decoding
+        self.box_score = box_score
         # Resume checkpoints keep the trainable weights only (on_save_checkpoint); the frozen
         # towers / 7B LLM are rebuilt from config, and on_load_checkpoint checks the keys itself.
         self.strict_loading = False
@@ -175,8 +187,19 @@ class VisionLanguageModel(L.LightningModule):
     # ----------------------------------------------------------------- generation
     @torch.no_grad()
     def generate(self, images: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 max_new_tokens: int | None = None) -> list[str]:
-        """Greedy decoding. ``prompt_*`` [B, T]: the prompt suffix, right-padded. Returns the answers."""
+                 max_new_tokens: int | None = None, task: str | None = None) -> list[str]:
+        """Greedy decoding. ``prompt_*`` [B, T]: the prompt suffix, right-padded. Returns the answers
+        (kept to ``task``'s grammar under ``constrained_decoding``)."""
+        return [d.text for d in self.generate_decoded(images, prompt_ids, prompt_mask, max_new_tokens, task)]
+
+    @torch.no_grad()
+    def generate_decoded(self, images: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                         max_new_tokens: int | None = None, task: str | None = None,
+                         labels: tuple[str, ...] | None = None) -> list[Decoded]:
+        """:meth:`generate` with each answer's tokens and their raw log-probabilities
+        (:class:`~medgrounder.models.decoding.Decoded`). ``task``: the answers' task (its grammar
+        gives the no-answer probability, and the constraint under ``constrained_decoding``);
+        ``labels``: the labels its grammar may name (None: all)."""
         head = self._with_prefix(self.encode_images(images))
         embeds = torch.cat([head, self._embed_ids(prompt_ids).to(head.dtype)], dim=1)
         b, h = head.shape[:2]
@@ -186,16 +209,26 @@ class VisionLanguageModel(L.LightningModule):
         if pads.any():
             embeds = torch.stack([e.roll(int(p), dims=0) for e, p in zip(embeds, pads, strict=True)])
             mask = torch.stack([m.roll(int(p), dims=0) for m, p in zip(mask, pads, strict=True)])
+        budget = max_new_tokens or self.max_new_tokens
+        t = get_task(task) if task else None
+        grammar = t.answer_grammar(labels) if t else None
+        processor = AnswerProcessor(token_table(self.tokenizer), b, budget, grammar,
+                                    constrain=self.constrained_decoding and grammar is not None,
+                                    no_answer_node=t.no_answer_node if t else None)
         out = self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            max_new_tokens=budget,
             do_sample=False,
             num_beams=1,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList([processor]),
         )
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        decoded = processor.finish(out)
+        for d, text in zip(decoded, self.tokenizer.batch_decode(out, skip_special_tokens=True), strict=True):
+            d.text = text.strip()
+        return decoded
 
     # ----------------------------------------------------------------- optimisation
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

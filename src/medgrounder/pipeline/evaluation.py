@@ -33,7 +33,8 @@ def evaluate_task(module, datamodule, name: str, num_figure_images: int = 8, pro
     answer; None: the model's ``max_new_tokens``); returns ``({metric key: metrics}, rows, figure
     panels or None)`` (:func:`score_rows`; the figure drawn on the task's datamodule's pictures)."""
     task = get_task(name)
+    labels = task.vocabulary(datamodule.for_task(name).targets("train"))
     rows = generate_rows(module, datamodule.test_dataloader(name), desc=f"generate [{name}] test",
-                         max_new_tokens=max_new_tokens)
+                         max_new_tokens=max_new_tokens, labels=labels)
     metrics = score_rows(rows, datamodule, name, protocol)
     return metrics, rows, draw_panels(rows, task, datamodule.for_task(name), num_figure_images)

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from medgrounder.models.decoding import box_scores, token_table
 from medgrounder.tasks import get_task
 
 __all__ = ["generate_rows", "rank_world"]
@@ -19,25 +20,43 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def scored_row(meta: dict, decoded, task, table, rule: str) -> dict:
+    """A ``predictions.jsonl`` row: the sample's fields, its prompt and prediction and, for a
+    task with boxes, ``prediction_boxes`` with their scores (and ``no_finding_score`` where the
+    task has a no-finding answer; design section 7)."""
+    row = {**meta, "prompt": meta.get("prompt") or task.prompt(), "prediction": decoded.text}
+    if task.localizes and "image_width" in meta:
+        row["prediction_boxes"] = box_scores(decoded, table, task.pairs, meta["image_width"], meta["image_height"], rule)
+        if task.no_answer_node is not None:
+            row["no_finding_score"] = decoded.no_answer_prob
+    return row
+
+
 @torch.no_grad()
-def _generate(module, loader, desc: str, max_new_tokens: int | None = None) -> list[dict]:
+def _generate(module, loader, desc: str, max_new_tokens: int | None = None, labels=None) -> list[dict]:
     was_training = module.training
     module.eval()
     rows = []
-    budget = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    table = token_table(module.tokenizer)
     for batch in tqdm(loader, desc=desc, disable=rank_world()[0] != 0):
-        answers = module.generate(batch["images"].to(module.device), batch["prompt_ids"].to(module.device),
-                                  batch["prompt_mask"].to(module.device), **budget)
-        for meta, answer in zip(batch["meta"], answers, strict=True):
-            prompt = meta.get("prompt") or get_task(meta["task"]).prompt()
-            rows.append({**meta, "prompt": prompt, "prediction": answer})
+        names = {meta["task"] for meta in batch["meta"]}
+        if len(names) != 1:
+            raise ValueError(f"a generation batch must hold one task, got {sorted(names)}")
+        name = names.pop()
+        decoded = module.generate_decoded(batch["images"].to(module.device), batch["prompt_ids"].to(module.device),
+                                          batch["prompt_mask"].to(module.device), max_new_tokens, task=name,
+                                          labels=labels)
+        task = get_task(name)
+        rows += [scored_row(meta, d, task, table, module.box_score) for meta, d in zip(batch["meta"], decoded, strict=True)]
     module.train(was_training)
     return rows
 
 
-def generate_rows(module, loader: DataLoader, desc: str = "generate", max_new_tokens: int | None = None) -> list[dict]:
-    """Greedy answers for every sample of ``loader`` as ``predictions.jsonl`` rows, in dataset
-    order; ``max_new_tokens``: the generation budget (None: the model's).
+def generate_rows(module, loader: DataLoader, desc: str = "generate", max_new_tokens: int | None = None,
+                  labels: tuple[str, ...] | None = None) -> list[dict]:
+    """Greedy answers for every sample of ``loader`` as ``predictions.jsonl`` rows
+    (:func:`scored_row`), in dataset order; ``max_new_tokens``: the generation budget (None: the
+    model's); ``labels``: the labels the task's grammar may name (None: all).
 
     Under ``torch.distributed`` (initialised, world size > 1) the dataset is sharded with a
     :class:`~torch.utils.data.DistributedSampler` (no shuffle), each rank generates its shard,
@@ -47,12 +66,12 @@ def generate_rows(module, loader: DataLoader, desc: str = "generate", max_new_to
     """
     rank, world = rank_world()
     if world == 1:
-        return _generate(module, loader, desc, max_new_tokens)
+        return _generate(module, loader, desc, max_new_tokens, labels)
     sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=False)
     indices = list(sampler)
     shard = DataLoader(Subset(loader.dataset, indices), batch_size=loader.batch_size,
                        collate_fn=loader.collate_fn, num_workers=loader.num_workers)
-    mine = list(zip(indices, _generate(module, shard, f"{desc} [rank {rank}/{world}]", max_new_tokens), strict=True))
+    mine = list(zip(indices, _generate(module, shard, f"{desc} [rank {rank}/{world}]", max_new_tokens, labels), strict=True))
     parts: list = [None] * world
     torch.distributed.all_gather_object(parts, mine)
     by_id: dict = {}

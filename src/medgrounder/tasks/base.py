@@ -16,10 +16,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from medgrounder.core.automaton import Automaton
 from medgrounder.core.boxes import Box, GridBox, from_grid
 from medgrounder.core.template import prompt_suffix, render_prompt
 from medgrounder.metrics.text import paper_text_metrics, text_metrics
-from medgrounder.tasks.parse import Parsed
+from medgrounder.tasks.parse import Pair, Parsed
 
 __all__ = ["BASELINE", "PAPER", "PROTOCOLS", "Target", "Task", "class_prior_boxes", "paper_view", "protocol_parts",
            "sorted_boxes", "text_section"]
@@ -98,6 +99,9 @@ class Task:
     summary_keys: ClassVar[tuple[str, ...]] = ("num_samples",)
     #: whether evaluation draws test images with the ground-truth and predicted boxes
     draws_figure: ClassVar[bool] = False
+    #: the node of :meth:`answer_grammar` that is the "nothing found" answer: rows report the
+    #: probability of going there as ``no_finding_score`` (None: the task has no such answer)
+    no_answer_node: ClassVar[str | None] = None
 
     def __init__(self, identifier: str | None = None):
         self.identifier = identifier or self.name
@@ -135,6 +139,22 @@ class Task:
 
     def answer_corpus(self) -> list[str]:
         """Fixed phrases of the answers."""
+        return []
+
+    # ------------------------------------------------------------------ constrained decoding
+    def vocabulary(self, train: Sequence[Target]) -> tuple[str, ...] | None:
+        """The labels a constrained answer may name, from the training targets (the dataset's own
+        vocabulary); None where the grammar has no labels."""
+        return None
+
+    def answer_grammar(self, labels: Sequence[str] | None = None) -> Automaton | None:
+        """The answers this task writes, as a character automaton (``model.constrained_decoding``;
+        ``labels``: :meth:`vocabulary`, None for every label); None: free text."""
+        return None
+
+    def pairs(self, text: object) -> list[Pair]:
+        """The scored boxes of an answer, in text order, with the spans their confidence is read
+        from (``prediction_boxes``); ``[]`` for a task without boxes."""
         return []
 
     # ------------------------------------------------------------------ evaluation
@@ -182,6 +202,15 @@ class Task:
         original image's pixels."""
         w, h = row["image_width"], row["image_height"]
         return [(name, from_grid(g, w, h)) for name, g in self.parse(row.get("prediction")).findings]
+
+    #: the ``score --export`` formats of this task's scored boxes (:meth:`export`)
+    exports: ClassVar[tuple[str, ...]] = ()
+
+    def export(self, rows: Sequence[Mapping], kind: str) -> dict[str, object]:
+        """The files of export ``kind`` (one of :attr:`exports`) of the rows' ``prediction_boxes``:
+        ``{role: content}``, the main file under ``""`` first, then e.g. ``"gt"``, ``"settings"``;
+        text is written as is, anything else as JSON (``score`` names and writes them)."""
+        raise ValueError(f"{self.metric_key} has no {kind!r} export (it has: {', '.join(self.exports) or 'none'})")
 
     def gt_boxes(self, row: Mapping) -> list[tuple[str, Sequence[float]]]:
         """``(label, pixel box)`` of the row's ground truth, as a figure shows them."""

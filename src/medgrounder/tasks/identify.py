@@ -7,18 +7,30 @@ enlargement</p> {<53><28><65><36>}, <p>Cardiomegaly</p> {<38><49><82><63>}.``; a
 without findings answers :data:`NO_LOCAL_FINDINGS`.
 
 Scored with LiteGPT's Accuracy@t (:func:`~medgrounder.metrics.localization.localization_accuracy`)
-and the 22-local-label report, beside a class-prior mean-box baseline.
+and the 22-local-label report, beside a class-prior mean-box baseline; rows with scored boxes
+also as a detector (VinBigData mAP@0.4, FROC: :func:`vindr_detection_metrics`).
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 
+from medgrounder.core.automaton import END, Automaton, Option, Pick, Skip, box_nodes
 from medgrounder.core.boxes import from_grid
 from medgrounder.core.grammar import BOX_DELIM, BOX_RE, PHRASE_RE, format_box
-from medgrounder.core.labels import LOCAL_INDEX, LOCAL_LABELS
+from medgrounder.core.labels import (
+    KAGGLE_CLASS_ID,
+    KAGGLE_CLASSES,
+    KAGGLE_NO_FINDING_ID,
+    LOCAL_INDEX,
+    LOCAL_LABELS,
+    NO_FINDING,
+)
 from medgrounder.metrics.classification import multilabel_report
+from medgrounder.metrics.detection_export import coco_files, kaggle_csv
 from medgrounder.metrics.localization import DEFAULT_THRESHOLDS, localization_accuracy
 from medgrounder.metrics.tables import classification_table, localization_table
 from medgrounder.tasks.base import (
@@ -32,6 +44,18 @@ from medgrounder.tasks.base import (
     protocol_parts,
     sorted_boxes,
     text_section,
+)
+from medgrounder.tasks.detection import (
+    CONSTANT,
+    DETECTION,
+    ap_section,
+    boxes_of,
+    detection_table,
+    froc_columns,
+    froc_keys,
+    has_boxes,
+    per_class_table,
+    settings,
 )
 from medgrounder.tasks.parse import (
     GROUP_RE,
@@ -142,6 +166,25 @@ def _strip_prefix(text: str) -> str:
     return text[m.end() if m else 0 :]
 
 
+@lru_cache(maxsize=16)
+def identify_grammar(labels: Sequence[str] = LOCAL_LABELS) -> Automaton:
+    """The ``[identify]`` answers :func:`identify_answer` writes over ``labels`` (local labels):
+    the no-findings sentence, or the prefix and groups ``<p>label</p> box (<delim>box)*`` joined
+    by ``, `` with labels in label order, each once, then ``.``. The no-findings answer ends on the
+    node ``no_finding``."""
+    known = sorted(set(labels), key=lambda n: LOCAL_INDEX[n])
+    if not known:
+        raise ValueError("an [identify] grammar needs at least one local label")
+    return Automaton({
+        "start": Skip(" ", "first"),
+        "first": Pick((Option(NO_LOCAL_FINDINGS, "no_finding"), Option(LOCAL_PREFIX + "<p>", "label"))),
+        "no_finding": Pick(accept=True),
+        "label": Pick(tuple(Option(f"{n}</p> ", "box", label=LOCAL_INDEX[n]) for n in known)),
+        **box_nodes("box", "after"),
+        "after": Pick((Option(BOX_DELIM, "box"), Option(", <p>", "label", needs_label=True), Option(".", END))),
+    }, "start")
+
+
 # ------------------------------------------------------------------------------ metrics
 def gt_findings(row: Mapping) -> list[tuple[str, tuple[float, ...]]]:
     """Ground-truth ``(class, pixel box)`` of an identify row: ``gt_boxes`` (``[class, x1, y1,
@@ -236,6 +279,111 @@ def mean_box_baseline(
     return localization_accuracy(samples, thresholds, plus_one=plus_one)
 
 
+#: the box of the "No finding" class in VinBigData's metric (ground truth and prediction alike)
+NO_FINDING_BOX = (0.0, 0.0, 1.0, 1.0)
+DETECTION_IOU = 0.4
+
+
+def vindr_detection_boxes(rows: Sequence[Mapping], constant: bool = False) -> tuple[list, list]:
+    """``(gts, preds)`` of the rows as VinBigData scores them, image key = the row's position.
+
+    Ground truth: :func:`gt_findings`, or ``("No finding", (0, 0, 1, 1))`` for an image without
+    local findings. Predictions: the row's ``prediction_boxes`` (generation order), then its
+    "No finding" box ``(0, 0, 1, 1)``: scored ``no_finding_score`` when the row has one; else
+    (``null`` / absent, or every row with ``constant``) score 1.0, and only when the image
+    predicted no box (the usual scoreless submission ``14 1 0 0 1 1``). ``constant`` sets every
+    box's score to 1.0, so rank = generation order.
+    """
+    gts, preds = [], []
+    for i, row in enumerate(rows):
+        gts += [(i, c, b) for c, b in gt_findings(row)] or [(i, NO_FINDING, NO_FINDING_BOX)]
+        boxes = boxes_of(row, constant)
+        preds += [(i, c, b, s) for c, b, s in boxes]
+        nf = None if constant else row.get("no_finding_score")
+        if nf is not None:
+            preds.append((i, NO_FINDING, NO_FINDING_BOX, float(nf)))
+        elif not boxes:
+            preds.append((i, NO_FINDING, NO_FINDING_BOX, 1.0))
+    return gts, preds
+
+
+def vindr_detection_metrics(rows: Sequence[Mapping], iou_thr: float = DETECTION_IOU) -> dict:
+    """The rows' scored boxes as a detector (design section 7; ``{}`` when no row carries
+    ``prediction_boxes``), keys under ``detection/``:
+
+    - ``map@0.4``: VinBigData's metric: PASCAL VOC 2010 all-point AP at IoU > 0.4 per class
+      (:func:`~medgrounder.metrics.detection.class_aps`), averaged over the classes with ground
+      truth among the local labels and "No finding" (:func:`vindr_detection_boxes`; its AP ranks
+      the images by their no-finding probability); ``ap@0.4/<class>`` the AP of each class with
+      ground truth (a class only predicted has no AP and no key).
+    - ``froc/sens@<r>`` (r = 0.125 ... 8) and ``froc/mean``: the lesion FROC over the local
+      findings only (:func:`~medgrounder.metrics.detection.froc`; hit: same class, IoU > 0.4 with
+      an unmatched GT box), false positives per image over all rows.
+    - ``constant/...``: the same with every score 1.0 (generation order, "No finding" predicted
+      only by images without a box): what the confidence adds. ``num_images``, ``num_gt`` and
+      ``num_pred`` count the rows, GT lesions and predicted boxes (without "No finding").
+    """
+    if not has_boxes(rows):
+        return {}
+    out: dict = {"num_images": len(rows)}
+    for prefix, constant in (("", False), (CONSTANT, True)):
+        gts, preds = vindr_detection_boxes(rows, constant)
+        m = ap_section(gts, preds, (iou_thr,))
+        local_gts = [g for g in gts if g[1] != NO_FINDING]
+        local_preds = [p for p in preds if p[1] != NO_FINDING]
+        m.update(froc_keys(local_gts, local_preds, len(rows), iou_thr))
+        out.update(prefixed(prefix, m))
+        if not constant:
+            out.update(num_gt=len(local_gts), num_pred=len(local_preds))
+    return prefixed(DETECTION, out)
+
+
+def vindr_export(rows: Sequence[Mapping], kind: str) -> dict[str, object]:
+    """``coco``: COCO results of :func:`vindr_detection_boxes`' predictions, the matching COCO
+    ground truth (categories: the 22 local labels, then other predicted labels sorted, then "No
+    finding"; images: the rows, ids 1..N in file order) and the settings. ``kaggle``: a
+    VinBigData submission (Kaggle class ids of :data:`KAGGLE_CLASSES`, "No finding" 14, one line
+    per row's ``image_id``), dropping labels outside Kaggle's 14 (counted in the settings)."""
+    if not has_boxes(rows):
+        raise ValueError("no row carries prediction_boxes: nothing to export")
+    gts, preds = vindr_detection_boxes(rows)
+    rule = {"metric": "VinBigData mAP@0.4 (PASCAL VOC 2010 all-point AP at IoU > 0.4, mean over the classes "
+                      "with ground truth; 'No finding' a class with the box 0 0 1 1)",
+            "iou_threshold": DETECTION_IOU, "iou_rule": ">",
+            "no_finding": "box 0 0 1 1: ground truth of an image without local findings; predicted for every image "
+                          "with its no_finding_score, else with score 1 when the image predicted no box"}
+    ids = [{"row": i, "id": r.get("id"), "image_id": r.get("image_id")} for i, r in enumerate(rows)]
+    if kind == "coco":
+        seen = {c for _, c, *_ in preds} | {c for _, c, _ in gts}
+        cats = [*LOCAL_LABELS, *sorted(seen - {*LOCAL_LABELS, NO_FINDING}), NO_FINDING]
+        images = [{"key": i, "width": r["image_width"], "height": r["image_height"],
+                   "file_name": str(r.get("image_id", r.get("id", i)))} for i, r in enumerate(rows)]
+        gt, results = coco_files(images, cats, gts, preds)
+        info = settings(rows, **rule, categories={i: c for i, c in enumerate(cats, start=1)},
+                        images=[{"coco_image_id": d["row"] + 1, **d} for d in ids],
+                        num_predictions=len(results), num_gt_boxes=len(gt["annotations"]),
+                        cocoeval="COCOeval(gt, gt.loadRes(results), 'bbox') with params.iouThrs = [0.4]: "
+                                 "mean of precision[0, :, k, 0, -1] over categories k with ground truth")
+        return {"": results, "gt": gt, "settings": info}
+    if kind == "kaggle":
+        names = [str(r.get("image_id", "")) for r in rows]
+        counts = Counter(names)
+        dup = next((n for n in names if counts[n] > 1 or not n), None)
+        if dup is not None:
+            raise ValueError(f"a Kaggle submission needs one row per image_id: {dup!r} is repeated or empty")
+        class_ids = {**KAGGLE_CLASS_ID, NO_FINDING: KAGGLE_NO_FINDING_ID}
+        text, dropped = kaggle_csv(dict(enumerate(names)), preds, class_ids)
+        empty = sum(1 for line in text.splitlines()[1:] if line.endswith(","))
+        info = settings(rows, **rule, class_ids={**{str(i): c for i, c in enumerate(KAGGLE_CLASSES)},
+                                                 str(KAGGLE_NO_FINDING_ID): NO_FINDING},
+                        images=ids, dropped_labels=dict(sorted(dropped.items())),
+                        num_dropped=sum(dropped.values()), images_without_prediction=empty,
+                        note="Kaggle scores its 14 classes + No finding: labels outside them are dropped, so "
+                             "this file's mAP can differ from detection/map@0.4 (over the local labels with GT)")
+        return {"": text, "settings": info}
+    raise ValueError(f"vindr_identify has no {kind!r} export (it has: coco, kaggle)")
+
+
 # ------------------------------------------------------------------------------ the task
 class Identify(Task):
     name = "identify"
@@ -244,8 +392,11 @@ class Identify(Task):
     localizes = True
     row_fields = ("prediction", "reference", "image_width", "image_height")
     sweep_columns = ("valid_rate", "acc@0.3", "acc@0.5", "text/rouge1")
-    summary_keys = ("num_samples", "valid_rate", "num_gt", "num_pred")
+    summary_keys = ("num_samples", "valid_rate", "num_gt", "num_pred", "detection/map@0.4", "detection/froc/mean",
+                    "detection/constant/map@0.4", "detection/constant/froc/mean")
     draws_figure = True
+    no_answer_node = "no_finding"
+    exports = ("coco", "kaggle")
 
     def __init__(self, identifier: str | None = None):
         super().__init__(identifier)
@@ -261,10 +412,23 @@ class Identify(Task):
     def parse(self, text: object) -> Parsed:
         return parse_identify(text)
 
+    def vocabulary(self, train) -> tuple[str, ...]:
+        """The local labels of the training boxes (every local label when there are none)."""
+        seen = {c for t in train for c, _ in t.findings if c in LOCAL_INDEX}
+        return tuple(sorted(seen, key=LOCAL_INDEX.__getitem__)) or LOCAL_LABELS
+
+    def answer_grammar(self, labels=None) -> Automaton:
+        return identify_grammar(LOCAL_LABELS if labels is None else tuple(labels))
+
+    def pairs(self, text: object) -> list[Pair]:
+        return identify_pairs(text)
+
     def score(self, rows, *, protocol="clean", plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
         """:func:`vindr_identify_metrics`; with ``text``, LiteGPT tables 4-5's text metrics (the
         papers' over the rows with findings, as its numbers)."""
         metrics = vindr_identify_metrics(rows, plus_one=plus_one, protocol=protocol)
+        # scored boxes (any protocol: neither paper has them): detector metrics
+        metrics.update(vindr_detection_metrics(rows))
         if text:
             clean, paper = protocol_parts(protocol)
             if clean:
@@ -308,8 +472,22 @@ class Identify(Task):
             parts += [classification_table(paper, LOCAL_LABELS, "local/",
                                            "Local labels, papers' protocol (names mentioned; images with findings)"), ""]
         if "local/micro/f1" in metrics:
-            parts += [classification_table(metrics, LOCAL_LABELS, "local/", "Local labels")]
+            parts += [classification_table(metrics, LOCAL_LABELS, "local/", "Local labels"), ""]
+        table = detection_table(metrics, [("map@0.4", "mAP@0.4"), *froc_columns()], name)
+        if table:
+            parts += ["Detection over scored boxes: VinBigData mAP@0.4 (VOC 2010 all-point, IoU > 0.4, with "
+                      "'No finding'); FROC over the local findings (IoU > 0.4)", "", table]
+            if detailed:
+                parts += [per_class_table(metrics, DETECTION_IOU, "Class")]
         return "\n".join(parts).rstrip("\n")
+
+    def headline(self, metrics) -> dict:
+        return {**super().headline(metrics), **{k: round(metrics[k], 4) for k in
+                                                 ("detection/map@0.4", "detection/froc/mean") if k in metrics}}
+
+    def export(self, rows, kind) -> dict[str, object]:
+        """:func:`vindr_export`."""
+        return vindr_export(rows, kind)
 
     def gt_boxes(self, row):
         return [(b[0], b[1:]) for b in row["gt_boxes"]]

@@ -44,11 +44,13 @@ class Parsed:
 class Pair:
     """One well-formed box of an answer: its canonical ``label`` (``""`` where the answer names
     none, e.g. ``[refer]``), the grid ``box`` and the character ``span`` of the box text (so a
-    caller can find the tokens that wrote it)."""
+    caller can find the tokens that wrote it); ``label_span`` that of the name in its ``<p>`` tag
+    (None where there is no name): boxes of one group share it."""
 
     label: str
     box: GridBox
     span: tuple[int, int]
+    label_span: tuple[int, int] | None = None
 
 
 def prefix_re(prefix: str) -> re.Pattern[str]:
@@ -123,7 +125,7 @@ def grounded_pairs(text: object, names: Mapping[str, str],
         for m in BOX_RE.finditer(text, g.start(), g.end()):
             box = read_box(m)
             if box is not None:
-                out.append(Pair(label, box, m.span()))
+                out.append(Pair(label, box, m.span(), g.span(1)))
     return out
 
 

@@ -4,19 +4,23 @@ every box of the phrase, sorted (left to right, then top to bottom), joined with
 ``{<x1><y1><x2><y2>}<delim>{...}``.
 
 Scored with PFMVG's IoU and Dice of box unions per category (tables 1-4), beside a
-category-prior mean-box baseline."""
+category-prior mean-box baseline; rows with scored boxes also by AP per category
+(:func:`mscxr_detection_metrics`)."""
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 
 import numpy as np
 
+from medgrounder.core.automaton import Automaton, Option, Pick, Skip, box_nodes
 from medgrounder.core.boxes import from_grid
 from medgrounder.core.grammar import BOX_DELIM, BOX_RE, DELIM_RE, format_box
 from medgrounder.core.labels import MSCXR_CATEGORIES
+from medgrounder.metrics.detection_export import coco_files
 from medgrounder.metrics.overlap import box_iou_dice, pixel_boxes
 from medgrounder.metrics.tables import refer_table
 from medgrounder.tasks.base import (
@@ -29,6 +33,16 @@ from medgrounder.tasks.base import (
     prefixed,
     protocol_parts,
     sorted_boxes,
+)
+from medgrounder.tasks.detection import (
+    CONSTANT,
+    DETECTION,
+    ap_section,
+    boxes_of,
+    detection_table,
+    has_boxes,
+    per_class_table,
+    settings,
 )
 from medgrounder.tasks.parse import Pair, Parsed, well_formed_box
 
@@ -74,6 +88,13 @@ def refer_answer(grid_boxes: Iterable[Sequence[int]]) -> str:
     if not boxes:
         raise ValueError("a [refer] answer needs at least one box")
     return BOX_DELIM.join(format_box(b) for b in boxes)
+
+
+@lru_cache(maxsize=16)
+def refer_grammar() -> Automaton:
+    """The ``[refer]`` answers: one or more boxes joined by ``<delim>``."""
+    return Automaton({"start": Skip(" ", "box"), **box_nodes("box", "after"),
+                      "after": Pick((Option(BOX_DELIM, "box"),), accept=True)}, "start")
 
 
 def refer_pairs(text: object) -> list[Pair]:
@@ -159,6 +180,59 @@ def mscxr_mean_box_baseline(train_boxes: Iterable[tuple[str, Sequence[int]]], ro
     return mscxr_refer_metrics(baseline_rows, categories)
 
 
+#: the IoU thresholds of ``[refer]``'s AP (strict ``>``)
+DETECTION_IOUS = (0.4, 0.5)
+
+
+def mscxr_detection_boxes(rows: Sequence[Mapping], constant: bool = False) -> tuple[list, list]:
+    """``(gts, preds)`` of ``[refer]`` rows, each row its own image (one image + phrase sample,
+    key = its position) and class = its ``category``: ground truth its ``gt_boxes``, predictions
+    its ``prediction_boxes`` (their ``label`` is not read), every score 1.0 with ``constant``."""
+    gts, preds = [], []
+    for i, row in enumerate(rows):
+        cat = str(row["category"])
+        gts += [(i, cat, b) for b in pixel_boxes(row["gt_boxes"])]
+        preds += [(i, cat, b, s) for _, b, s in boxes_of(row, constant)]
+    return gts, preds
+
+
+def mscxr_detection_metrics(rows: Sequence[Mapping], thresholds: Sequence[float] = DETECTION_IOUS) -> dict:
+    """AP per MS-CXR category of the rows' scored boxes (``{}`` when no row carries
+    ``prediction_boxes``), keys under ``detection/``: ``ap@<t>/<category>`` the PASCAL VOC 2010
+    all-point AP at IoU > t (t = 0.4, 0.5) over the samples of a category
+    (:func:`mscxr_detection_boxes`; boxes ranked by score over all samples, a box matching an
+    unmatched GT box of its own sample), ``map@<t>`` their mean over the categories with
+    samples; ``constant/...`` the same with every score 1.0 (generation order); ``num_gt``,
+    ``num_pred``."""
+    if not has_boxes(rows):
+        return {}
+    gts, preds = mscxr_detection_boxes(rows)
+    out = {**ap_section(gts, preds, thresholds), "num_gt": len(gts), "num_pred": len(preds)}
+    out.update(prefixed(CONSTANT, ap_section(*mscxr_detection_boxes(rows, constant=True), thresholds)))
+    return prefixed(DETECTION, out)
+
+
+def mscxr_export(rows: Sequence[Mapping], kind: str) -> dict[str, object]:
+    """``coco``: COCO results and ground truth of :func:`mscxr_detection_boxes` (images: the rows,
+    ids 1..N in file order; categories: MS-CXR's 8, then any other sorted) and the settings."""
+    if kind != "coco":
+        raise ValueError(f"mscxr_refer has no {kind!r} export (it has: coco)")
+    if not has_boxes(rows):
+        raise ValueError("no row carries prediction_boxes: nothing to export")
+    gts, preds = mscxr_detection_boxes(rows)
+    cats = [*MSCXR_CATEGORIES, *sorted({c for _, c, _ in gts} - set(MSCXR_CATEGORIES))]
+    images = [{"key": i, "width": r["image_width"], "height": r["image_height"],
+               "file_name": str(r.get("image_id", r.get("id", i)))} for i, r in enumerate(rows)]
+    gt, results = coco_files(images, cats, gts, preds)
+    info = settings(rows, metric="AP per category (PASCAL VOC 2010 all-point), each row its own image",
+                    iou_thresholds=list(DETECTION_IOUS), iou_rule=">",
+                    categories={i: c for i, c in enumerate(cats, start=1)},
+                    images=[{"coco_image_id": i + 1, "row": i, "id": r.get("id"), "image_id": r.get("image_id")}
+                            for i, r in enumerate(rows)],
+                    num_predictions=len(results), num_gt_boxes=len(gt["annotations"]))
+    return {"": results, "gt": gt, "settings": info}
+
+
 class Refer(Task):
     name = "refer"
     metric_key = "mscxr_refer"
@@ -166,8 +240,10 @@ class Refer(Task):
     takes_phrase = True
     localizes = True
     row_fields = ("prediction", "category", "gt_boxes", "image_width", "image_height")
-    summary_keys = ("num_samples", "valid_rate")
+    summary_keys = ("num_samples", "valid_rate", "detection/map@0.4", "detection/map@0.5",
+                    "detection/constant/map@0.4", "detection/constant/map@0.5")
     draws_figure = True
+    exports = ("coco",)
 
     def instruction(self, target: Target | None = None, rng: np.random.Generator | None = None,
                     phrasing: str = "default") -> str:
@@ -200,6 +276,12 @@ class Refer(Task):
     def parse(self, text: object) -> Parsed:
         return parse_refer(text)
 
+    def answer_grammar(self, labels=None) -> Automaton:
+        return refer_grammar()
+
+    def pairs(self, text: object) -> list[Pair]:
+        return refer_pairs(text)
+
     def score(self, rows, *, protocol="clean", plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
         """:func:`mscxr_refer_metrics`. PFMVG publishes no scoring code: its protocol's keys
         (``paper/...``) are the same definitions, named apart so a table never mixes them up
@@ -209,6 +291,7 @@ class Refer(Task):
         out = dict(m) if clean else {k: m[k] for k in ("num_samples", "valid_rate")}
         if paper:
             out.update(prefixed(PAPER, {k: v for k, v in m.items() if k.startswith(("iou/", "dice/"))}))
+        out.update(mscxr_detection_metrics(rows))  # scored boxes (any protocol: PFMVG has none)
         return out
 
     def baseline(self, train, rows, protocol="clean") -> dict:
@@ -239,7 +322,17 @@ class Refer(Task):
                   if f"num_samples/{split}" in metrics]
         if counts:  # the paper gives 1,153 samples for MS-CXR: how many each split has here
             parts.append(f"Samples: {', '.join(counts)}")
-        return "\n".join([*parts, f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}"])
+        parts.append(f"Valid outputs [{self.identifier}]: {metrics['valid_rate']:.4f}")
+        table = detection_table(metrics, [(f"map@{t:g}", f"mAP@{t:g}") for t in DETECTION_IOUS], name)
+        if table:
+            parts += ["", "Detection over scored boxes: AP per category (VOC 2010 all-point, IoU > t)", "", table]
+            if detailed:
+                parts += [per_class_table(metrics, t, "Category") for t in DETECTION_IOUS]
+        return "\n".join(parts).rstrip("\n")
+
+    def export(self, rows, kind) -> dict[str, object]:
+        """:func:`mscxr_export`."""
+        return mscxr_export(rows, kind)
 
     def headline(self, metrics) -> dict:
         return {k: round(v, 4) for k, v in metrics.items()

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 
 import numpy as np
 
-from medgrounder.core.labels import GLOBAL_ALIASES, GLOBAL_INDEX, GLOBAL_LABELS, NO_FINDING
+from medgrounder.core.automaton import END, Automaton, Option, Pick, Skip
+from medgrounder.core.labels import (
+    GLOBAL_ALIASES,
+    GLOBAL_INDEX,
+    GLOBAL_LABELS,
+    NO_FINDING,
+    canonical_global,
+)
 from medgrounder.metrics.classification import binary_report, multilabel_report
 from medgrounder.metrics.tables import classification_table
 from medgrounder.tasks.base import (
@@ -73,6 +81,21 @@ def parse_vqa(text: object) -> Parsed:
     valid = bool(items) and None not in labels
     labels.discard(None)
     return Parsed(valid, [], labels)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=16)
+def vqa_grammar(labels: Sequence[str] = GLOBAL_LABELS) -> Automaton:
+    """The ``[vqa]`` answers :func:`vqa_answer` writes over ``labels`` (global labels): the prefix,
+    then :data:`NONE`, "No finding" alone, or diagnoses in label order joined by ``, ``, then ``.``."""
+    known = sorted({canonical_global(n) for n in labels} - {NO_FINDING}, key=GLOBAL_INDEX.__getitem__)
+
+    def items(first: bool) -> tuple[Option, ...]:
+        alone = (Option(f"{NONE}.", END), Option(f"{NO_FINDING}.", END)) if first else ()
+        more = tuple(Option(f"{n}, ", "more", label=GLOBAL_INDEX[n]) for n in known[:-1])
+        return alone + more + tuple(Option(f"{n}.", END, label=GLOBAL_INDEX[n]) for n in known)
+
+    return Automaton({"start": Skip(" ", "prefix"), "prefix": Pick((Option(GLOBAL_PREFIX, "first"),)),
+                      "first": Pick(items(True)), "more": Pick(items(False))}, "start")
 
 
 def mentioned_global(text: object) -> set[str]:
@@ -155,6 +178,12 @@ class Vqa(Task):
 
     def parse(self, text: object) -> Parsed:
         return parse_vqa(text)
+
+    def vocabulary(self, train) -> tuple[str, ...]:
+        return GLOBAL_LABELS
+
+    def answer_grammar(self, labels=None) -> Automaton:
+        return vqa_grammar(GLOBAL_LABELS if labels is None else tuple(labels))
 
     def score(self, rows, *, protocol="clean", plus_one=False, keep_tags=False, meteor="nltk", text=True) -> dict:
         """:func:`vindr_vqa_metrics`; with ``text``, LiteGPT tables 4-5's text metrics."""

@@ -1,4 +1,5 @@
-"""Types and ranges of the numeric settings users set, checked at start-up.
+"""Types and ranges of the numeric settings users set (and the choices of a few named ones),
+checked at start-up.
 
 ``stages.identify.max_steps=abc`` or ``data.batch_size=0`` would otherwise fail minutes later
 (after data writing, tower pretraining, feature caching) in Lightning or PyTorch, without naming
@@ -13,6 +14,9 @@ import math
 from collections.abc import Callable, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from medgrounder.data.vindr.records import DEDUP_MODES, FUSION_CONF_TYPES, LABEL_FUSIONS
+from medgrounder.models.decoding import BOX_SCORES
 
 
 class ConfigValueError(ValueError):
@@ -36,8 +40,18 @@ SEED: Rule = (lambda v: _int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)")
 POSITIVE: Rule = (lambda v: _real(v) and v > 0, "a number > 0")
 NON_NEGATIVE: Rule = (lambda v: _real(v) and v >= 0, "a number >= 0")
 FRACTION: Rule = (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)")
+IOU_THRESHOLD: Rule = (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)")
+
+
+def _choice(*values: str) -> Rule:
+    return (lambda v: isinstance(v, str) and v in values, "one of " + ", ".join(values))
+
+
 BETAS: Rule = (lambda v: isinstance(v, list | tuple | ListConfig) and len(v) == 2 and all(_real(b) and 0 <= b < 1 for b in v),
                "two numbers in [0, 1), e.g. [0.9, 0.999]")
+
+
+BOOL: Rule = (lambda v: isinstance(v, bool), "true or false")
 
 
 def _devices(v) -> bool:
@@ -58,7 +72,11 @@ _TRAINER = {"devices": DEVICES, "num_nodes": POSITIVE_INT, "accumulate_grad_batc
             "gradient_clip_val": NON_NEGATIVE, "log_every_n_steps": POSITIVE_INT,
             "check_val_every_n_epoch": POSITIVE_INT}
 _DATA = {"batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT, "num_workers": COUNT, "decode_workers": COUNT,
-         "val_fraction": FRACTION, "limit_train_images": POSITIVE_INT}
+         "val_fraction": FRACTION, "limit_train_images": POSITIVE_INT,
+         # VinDr label fusion (data/vindr/records.py)
+         "label_fusion": _choice(*LABEL_FUSIONS), "dedup_iou": IOU_THRESHOLD, "dedup_mode": _choice(*DEDUP_MODES),
+         "fusion_iou": IOU_THRESHOLD, "fusion_conf_type": _choice(*FUSION_CONF_TYPES), "min_votes": POSITIVE_INT}
+_DATA_NULLABLE = ("limit_train_images", "decode_workers", "min_votes")
 
 #: key pattern -> (rule, whether null is allowed)
 VALUE_RULES: dict[str, tuple[Rule, bool]] = {
@@ -70,10 +88,12 @@ VALUE_RULES: dict[str, tuple[Rule, bool]] = {
     **{f"model.optim.{k}": (r, k == "encoder_lr") for k, r in _OPTIM.items()},
     **{f"stages.*.optim.{k}": (r, k == "encoder_lr") for k, r in _OPTIM.items()},
     "model.max_new_tokens": (POSITIVE_INT, False),
+    "model.constrained_decoding": (BOOL, False),
+    "model.box_score": (_choice(*BOX_SCORES), False),
     "model.image_size": (POSITIVE_INT, False),
     "model.visual_tokens": (POSITIVE_INT, True),
-    **{f"data.{k}": (r, k in ("limit_train_images", "decode_workers")) for k, r in _DATA.items()},
-    **{f"data.tasks.*.{k}": (r, k in ("limit_train_images", "decode_workers")) for k, r in _DATA.items()},
+    **{f"data.{k}": (r, k in _DATA_NULLABLE) for k, r in _DATA.items()},
+    **{f"data.tasks.*.{k}": (r, k in _DATA_NULLABLE) for k, r in _DATA.items()},
     **{f"trainer.{k}": (r, k == "gradient_clip_val") for k, r in _TRAINER.items()},
     **{f"stages.*.trainer.{k}": (r, k == "gradient_clip_val") for k, r in _TRAINER.items()},
     "tower_pretraining.steps": (COUNT, False),

@@ -4,12 +4,12 @@
 vindr`` (detected by its ``annotations.jsonl``; PhysioNet or Kaggle source).
 
 - Raw: labels come from :func:`medgrounder.data.vindr.records.load_vindr_physionet` (reader conflicts
-  removed, boxes de-duplicated, sizes from the DICOM headers); pixels from
+  removed, boxes fused by ``label_fusion``, sizes from the DICOM headers); pixels from
   :func:`medgrounder.data.vindr.dicom.load_dicom_uint8`, decoded once per process.
 - Prepared: labels and original sizes from ``annotations.jsonl``, pixels from the cached PNGs
   (``record.image``; resized again only when their size differs from ``image_size``);
-  ``record.path`` still names the source DICOM. The windowing and de-duplication settings
-  must match the ones the cache was prepared with.
+  ``record.path`` still names the source DICOM. The windowing and label-fusion settings
+  (``label_fusion`` and its method's keys) must match the ones the cache was prepared with.
 
 Images are kept in memory as ``uint8 [N, S, S]`` (resized without keeping the aspect ratio, as
 LiteGPT does: the 0-100 grid is relative to the original width and height, so it survives the
@@ -40,8 +40,13 @@ from medgrounder.data.base import BoxedImage, BoxedImages, GroundingDataModule, 
 from medgrounder.data.sampler import shuffled
 from medgrounder.data.vindr.dicom import load_dicom_uint8
 from medgrounder.data.vindr.layout import PHYSIONET_FILES
-from medgrounder.data.vindr.prepared import is_prepared, read_prepared, resize_square
-from medgrounder.data.vindr.records import VinDrRecord, load_vindr_physionet
+from medgrounder.data.vindr.prepared import is_prepared, log_fusion, read_prepared, resize_square
+from medgrounder.data.vindr.records import (
+    VinDrRecord,
+    fusion_settings,
+    label_settings,
+    load_vindr_physionet,
+)
 from medgrounder.tasks import Target, get_task
 
 log = logging.getLogger(__name__)
@@ -117,6 +122,10 @@ class VinDrDataModule(GroundingDataModule):
         windowing: str = "dicom",
         dedup_iou: float = 0.5,
         dedup_mode: str = "medoid",
+        label_fusion: str = "dedup",
+        fusion_iou: float = 0.5,
+        fusion_conf_type: str = "avg",
+        min_votes: int | None = None,
         identify_abnormal_only: bool = True,
         decode_workers: int = 2,
         limit_train_images: int | None = None,
@@ -131,6 +140,7 @@ class VinDrDataModule(GroundingDataModule):
         self.windowing = windowing
         self.dedup_iou = dedup_iou
         self.dedup_mode = dedup_mode
+        self.fusion = fusion_settings(label_fusion, dedup_iou, dedup_mode, fusion_iou, fusion_conf_type, min_votes)
         self.identify_abnormal_only = identify_abnormal_only
         self.decode_workers = decode_workers
         self.limit_train_images = limit_train_images
@@ -166,7 +176,7 @@ class VinDrDataModule(GroundingDataModule):
             if split in self.records:
                 continue
             if prepared is None:
-                records, report = load_vindr_physionet(self.root, split, self.dedup_iou, self.dedup_mode)
+                records, report = load_vindr_physionet(self.root, split, **self.fusion)
             else:
                 records, report = prepared[split], prepared["report"].get(split, {})
             if split == "train" and self.limit_train_images:
@@ -176,11 +186,13 @@ class VinDrDataModule(GroundingDataModule):
             self.images[split] = self._decode(records, split, _load_prepared if prepared else _load_resized)
             log.info("VinDr %s: %d images (%d removed for reader conflicts)", split, len(records),
                      report.get("removed_conflicts", 0))
+            log_fusion(report)
 
     def _read_prepared(self) -> dict:
         """Records by split (+ the prepare report by split) of a prepared ``root``."""
         settings, report, by_split = read_prepared(self.root)
-        mine = {"windowing": self.windowing, "dedup_iou": self.dedup_iou, "dedup_mode": self.dedup_mode}
+        settings = {**settings, **label_settings(settings)}  # a cache from before label_fusion: dedup
+        mine = {"windowing": self.windowing, **label_settings(self.fusion)}
         clash = {k: (settings[k], v) for k, v in mine.items() if k in settings and settings[k] != v}
         if clash:
             raise ValueError(f"{self.root} was prepared with {clash} (prepared, configured): set the "

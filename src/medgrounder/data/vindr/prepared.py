@@ -9,9 +9,12 @@
                                           image_id, split, image (path relative to DIR), dicom
                                           (relative to RAW), width, height (original pixels),
                                           findings [[class, x1, y1, x2, y2], ...] (original
-                                          pixels, de-duplicated), global_labels
+                                          pixels, fused by label_fusion), global_labels,
+                                          no_finding; agreement [a, ...] per finding (only
+                                          label_fusion=wbf on a multi-reader split)
     DIR/report.json                       RAW, counts, reader conflicts, missing and unreadable
-                                          files
+                                          files, per split the label fusion used and the boxes
+                                          by class before and after it
 
 Every pixel is windowed as :func:`~medgrounder.data.vindr.dicom.load_dicom_uint8` windows it; the
 8-bit values are averaged over integer boxes to between N and 2N - 1 a side (Pillow's
@@ -45,6 +48,7 @@ parseable) and the output folder are checked, and the run stops with one line na
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -69,7 +73,7 @@ from medgrounder.data.vindr.layout import (
     dicom_path,
     label_files,
 )
-from medgrounder.data.vindr.records import VinDrRecord, build_records, parse_labels
+from medgrounder.data.vindr.records import VinDrRecord, build_records, fusion_settings, parse_labels
 from medgrounder.data.vindr.resample import bilinear, box_reduce
 
 SETTINGS_FILE = "prepare.json"
@@ -77,6 +81,10 @@ ANNOTATIONS_FILE = "annotations.jsonl"
 REPORT_FILE = "report.json"
 FORMAT_VERSION = 2  # 2: box reduction to N..2N-1, then bilinear; 1: Pillow's resize, reducing_gap 2
 PNG_COMPRESS_LEVEL = 1  # fast; level 6 is 4x slower for a few percent smaller files
+#: the label settings of a cache written before label_fusion existed (it de-duplicated)
+LEGACY_FUSION = {k: v for k, v in fusion_settings().items() if k not in ("dedup_iou", "dedup_mode")}
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +205,7 @@ def _relative_dicom(record: VinDrRecord) -> str:
 
 def annotation_line(record: VinDrRecord, image: str) -> str:
     """One ``annotations.jsonl`` line (no newline); ``image`` is relative to the output dir."""
-    return json.dumps({
+    row = {
         "image_id": record.image_id,
         "split": record.split,
         "image": image,
@@ -207,7 +215,10 @@ def annotation_line(record: VinDrRecord, image: str) -> str:
         "findings": [[name, *box] for name, box in record.findings],
         "global_labels": list(record.global_labels),
         "no_finding": record.no_finding,
-    }, ensure_ascii=False)
+    }
+    if record.agreement is not None:  # only wbf writes it: other caches stay byte for byte as before
+        row["agreement"] = list(record.agreement)
+    return json.dumps(row, ensure_ascii=False)
 
 
 def annotations_text(records: Iterable[VinDrRecord], images: dict[tuple[str, str], str]) -> str:
@@ -238,10 +249,14 @@ def read_prepared(root: str | Path) -> tuple[dict, dict, dict[str, list[VinDrRec
                 continue
             try:
                 a = json.loads(line)
+                agreement = a.get("agreement")
                 rec = VinDrRecord(a["image_id"], a["split"], str(raw / a["dicom"]), int(a["width"]),
                                   int(a["height"]), [(n, tuple(map(float, b))) for n, *b in a["findings"]],
                                   list(a["global_labels"]), image=str(root / a["image"]),
-                                  no_finding=a.get("no_finding"))
+                                  no_finding=a.get("no_finding"),
+                                  agreement=None if agreement is None else [float(v) for v in agreement])
+                if rec.agreement is not None and len(rec.agreement) != len(rec.findings):
+                    raise ValueError(f"{len(rec.agreement)} agreement values for {len(rec.findings)} findings")
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{root / ANNOTATIONS_FILE}, line {line_no}: {e}") from None
             by_split.setdefault(rec.split, []).append(rec)
@@ -257,6 +272,8 @@ def _check_settings(out: Path, settings: dict) -> None:
     path = out / SETTINGS_FILE
     if path.is_file():
         old = json.loads(path.read_text())
+        if "label_fusion" not in old:  # written before label fusion was a setting: it de-duplicated
+            old = {**old, **LEGACY_FUSION}
         if old != settings:
             diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
             raise ValueError(f"{out} was prepared with other settings {diff} (old, new): "
@@ -264,6 +281,25 @@ def _check_settings(out: Path, settings: dict) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, settings)
+
+
+def fusion_summary(split_report: dict) -> dict:
+    """The label-fusion part of a split's report: method configured and used, boxes before and
+    after, by class."""
+    keys = ("label_fusion", "fusion_applied", "fusion_skipped", "max_readers", "boxes_raw", "boxes_dedup",
+            "removed_below_min_votes", "boxes_raw_by_class", "boxes_by_class")
+    return {k: split_report[k] for k in keys if k in split_report}
+
+
+def log_fusion(split_report: dict) -> None:
+    """Log how label fusion changed one split's ground-truth boxes, by class."""
+    f = fusion_summary(split_report)
+    if "fusion_applied" not in f:  # a report written before label fusion was a setting
+        return
+    raw, fused = f["boxes_raw_by_class"], f["boxes_by_class"]
+    log.info("VinDr %s labels: %s%s, %d -> %d boxes (%s)", split_report["split"], f["fusion_applied"],
+             f" ({f['fusion_skipped']})" if f["fusion_skipped"] else "", f["boxes_raw"], f["boxes_dedup"],
+             ", ".join(f"{n} {raw.get(n, 0)} -> {fused.get(n, 0)}" for n in raw))
 
 
 def resolve_layout(root: Path, layout: str = "auto") -> str:
@@ -307,9 +343,13 @@ def _make_out(out: Path) -> None:
 
 def prepare_vindr(root: str | Path, out: str | Path, size: int = 448, workers: int = 1,
                   windowing: str = "dicom", layout: str = "auto", dedup_iou: float = 0.5,
-                  dedup_mode: str = "medoid") -> dict:
+                  dedup_mode: str = "medoid", label_fusion: str = "dedup", fusion_iou: float = 0.5,
+                  fusion_conf_type: str = "avg", min_votes: int | None = None) -> dict:
     """Prepare VinDr-CXR from ``root`` (PhysioNet or Kaggle layout; ``auto``: the one it holds)
-    into ``out``; return the report (also written to ``out/report.json``)."""
+    into ``out``; return the report (also written to ``out/report.json``). The label settings
+    are those of :func:`~medgrounder.data.vindr.records.build_records`; all of them are recorded
+    in ``prepare.json``, and a run must match the ones its ``label_fusion`` uses."""
+    fusion = fusion_settings(label_fusion, dedup_iou, dedup_mode, fusion_iou, fusion_conf_type, min_votes)
     if windowing not in WINDOWINGS:
         raise ValueError(f"windowing must be one of {WINDOWINGS}, got {windowing!r}")
     if size < 1:
@@ -322,8 +362,7 @@ def prepare_vindr(root: str | Path, out: str | Path, size: int = 448, workers: i
     labels_by_split = {split: parse_labels(root, split, layout) for split in splits}  # every csv before any image
     _make_out(out)
     settings = {"dataset": "vindr", "layout": layout, "size": size, "windowing": windowing,
-                "dedup_iou": dedup_iou, "dedup_mode": dedup_mode,
-                "format": FORMAT_VERSION}
+                **fusion, "format": FORMAT_VERSION}
     _check_settings(out, settings)
     stale = _remove_stale_tmp(out)
 
@@ -356,7 +395,10 @@ def prepare_vindr(root: str | Path, out: str | Path, size: int = 448, workers: i
             sizes[iid] = (width, height)
             images[split, iid] = cache_image(split, iid)
         split_records, split_report = build_records(
-            labels, sizes, {i: str(dicom_path(root, split, i)) for i in sizes}, dedup_iou, dedup_mode)
+            labels, sizes, {i: str(dicom_path(root, split, i)) for i in sizes}, dedup_iou, dedup_mode,
+            label_fusion=label_fusion, fusion_iou=fusion_iou, fusion_conf_type=fusion_conf_type,
+            min_votes=min_votes)
+        log_fusion(split_report)
         records += split_records
         report["splits"][split] = split_report
         report["removed_conflicts"] += split_report["removed_conflicts"]
