@@ -37,7 +37,10 @@ PFMVG: ``[caption]`` with a 60-word report (``--task refer``: one phrase, one bo
 Defaults: on a GPU the whole matrix at full size (32 LLM layers, the config's per-device batch);
 on a CPU the experiment's own precision, attention and checkpointing, ``--llm-layers 2`` (every
 width and the towers' full depth kept), batch 2, 16 new tokens; ``--matrix`` widens a CPU run to
-the whole matrix (bitsandbytes runs 8-bit and 4-bit on CPU).
+the whole matrix (bitsandbytes runs 8-bit and 4-bit on CPU). A CPU run computes in float32 (the
+LLM's ``model.llm.dtype=fp32``, no autocast; the files stay bf16 / fp16 as published): a CPU
+without AVX512-BF16 or AMX emulates bf16 matrix products far below its float32 speed, and the
+``bf16`` row is then labelled ``fp32``.
 """
 
 from __future__ import annotations
@@ -74,72 +77,6 @@ def compose(experiment: str, overrides: list[str]):
 
     with initialize_config_module("medgrounder.conf", version_base="1.3"):
         return hydra_compose("train", overrides=[f"+experiment={experiment}", *overrides])
-
-
-def _q(value) -> str:
-    """A Hydra override value, quoted (paths hold ``/`` and ``:``)."""
-    return json.dumps(str(value))
-
-
-def _towers(cfg) -> list[tuple[str, object]]:
-    """``(config key, tower config)`` of every tower of ``cfg.model.encoder``."""
-    enc = cfg.model.encoder
-    if "towers" in enc:
-        return [(f"model.encoder.towers.{name}", t) for name, t in enc.towers.items()]
-    return [("model.encoder", enc)]
-
-
-def depth_overrides(cfg, llm_layers: int | None, tower_layers: int | None) -> list[str]:
-    """Overrides that shorten the LLM (its sizing config, the written directory follows) and,
-    with ``tower_layers``, the EVA / CLIP towers (BiomedCLIP's timm trunk keeps its 12 blocks)."""
-    out = [f"model.llm.config.num_hidden_layers={llm_layers}"] if llm_layers else []
-    for key, t in _towers(cfg) if tower_layers else []:
-        target = t._target_.rsplit(".", 1)[-1]
-        if target == "EVAViTG":
-            out.append(f"{key}.depth={tower_layers}")
-        elif target == "HFCLIPVision":
-            out.append(f"{key}.config.num_hidden_layers={tower_layers}")
-    return out
-
-
-def write_weights(cfg, folder: Path, file_dtype: str = "bf16", seed: int = 0) -> list[str]:
-    """Write the random weights of ``cfg``'s model into ``folder`` in the real formats; returns
-    the overrides that point the config at them."""
-    from omegaconf import OmegaConf
-
-    from medgrounder.models import random_weights as rw
-    from medgrounder.summary import summarize
-
-    overrides = []
-    for i, (key, t) in enumerate(_towers(cfg)):
-        target = t._target_.rsplit(".", 1)[-1]
-        if target == "OpenCLIPTrunk":
-            model_cfg = {**OmegaConf.to_container(t.model_config, resolve=True), "text_cfg": rw.BIOMEDCLIP_TEXT_CFG}
-            target_dir = folder / f"open_clip_{i}"
-            rw.write_open_clip_dir(target_dir, model_cfg, seed=seed + i)
-            overrides.append(f"{key}.model_name={_q(f'local-dir:{target_dir}')}")
-        elif target == "HFCLIPVision":
-            vision = {**OmegaConf.to_container(t.config, resolve=True), "image_size": int(t.image_size)}
-            rw.write_clip_dir(folder / f"clip_{i}", vision, seed=seed + i)
-            overrides.append(f"{key}.pretrained={_q(folder / f'clip_{i}')}")
-        elif target == "EVAViTG":
-            rw.write_eva_vit_g(folder / "eva_vit_g.pth", int(t.width), int(t.depth), int(t.num_heads),
-                               int(t.mlp_hidden), int(t.patch_size), dtype="fp16", seed=seed + i)
-            overrides.append(f"paths.eva_vit_g={_q(folder / 'eva_vit_g.pth')}")
-        else:
-            raise ValueError(f"{key}: no writer for {t._target_}")
-    llm_cfg = OmegaConf.to_container(cfg.model.llm.config, resolve=True)
-    tokenizer = os.environ.get("MEDGROUNDER_LLAMA_TOKENIZER") or cfg.model.llm.pretrained
-    rw.write_llama_dir(folder / "llama", llm_cfg, dtype=file_dtype, tokenizer=tokenizer, seed=seed + 10)
-    overrides.append(f"model.llm.pretrained={_q(folder / 'llama')}")
-    if cfg.model.get("init_from") and cfg.model.init_from.get("minigptv2"):
-        shapes = summarize(cfg)["projector"]["shapes"]
-        lora = cfg.model.lora
-        state = rw.minigptv2_state(llm_cfg["num_hidden_layers"], llm_cfg["hidden_size"], shapes[-2], int(lora.r),
-                                   list(lora.targets), seed=seed + 20)
-        rw.write_minigptv2(folder / "minigptv2_checkpoint.pth", state, epoch=0)
-        overrides.append(f"paths.minigptv2_ckpt={_q(folder / 'minigptv2_checkpoint.pth')}")
-    return overrides
 
 
 # ----------------------------------------------------------------------------- batch
@@ -218,7 +155,9 @@ def measure(spec: dict) -> dict:
     rss_loaded = _rss_now()
     batch = PromptCollator(module.tokenizer)(build_items(spec["task"], spec["batch"], int(cfg.model.image_size)))
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    precision = str(cfg.trainer.precision)
+    # GPU: the experiment's own trainer precision (bf16-mixed); CPU: float32 throughout, since a CPU
+    # without AVX512-BF16 / AMX emulates bf16 matmuls at a small fraction of its fp32 speed
+    precision = str(cfg.trainer.precision) if cuda else "32"
     amp = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
 
     def autocast():
@@ -351,6 +290,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list[dict]:
     import torch
 
+    from medgrounder.models.random_weights import depth_overrides, write_config_weights
+
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.startswith("cuda")
@@ -362,6 +303,7 @@ def main(argv=None) -> list[dict]:
     attention = _split(args.attention, ("sdpa", "eager")) or (["sdpa", "eager"] if full else [llm.attn_implementation])
     checkpointing = _split(args.checkpointing, ("on", "off")) or (
         ["on", "off"] if full else ["on" if llm.gradient_checkpointing else "off"])
+    dtype = "bf16" if gpu else "fp32"  # the LLM's compute dtype (see measure)
     llm_layers = args.llm_layers if args.llm_layers is not None else (None if gpu else 2)
     task = args.task or first_task(base)
     batch = args.batch or (stage_batch_size(base, task) if gpu else 2)
@@ -373,7 +315,7 @@ def main(argv=None) -> list[dict]:
     started = time.perf_counter()
     try:
         t = time.perf_counter()
-        weights = write_weights(sized, workdir / "weights")
+        weights = write_config_weights(sized, workdir / "weights", tokenizer=os.environ.get("MEDGROUNDER_LLAMA_TOKENIZER"))
         print(f"{args.experiment}: random weights in the real formats written in {time.perf_counter() - t:.0f} s "
               f"(LLM layers {sized.model.llm.config.num_hidden_layers}, task {task}, batch {batch}, device {device}, "
               f"{torch.get_num_threads()} threads)", flush=True)
@@ -381,15 +323,16 @@ def main(argv=None) -> list[dict]:
             for attn in attention:
                 for ckpt in checkpointing:
                     q = PRECISIONS[prec]
-                    overrides = [f"paths.output_dir={_q(workdir / 'out')}", "check_generation_budgets=false", *depth,
-                                 *weights, f"model.llm.quantization={q if q else 'null'}", "model.llm.dtype=bf16",
+                    overrides = [f"paths.output_dir={json.dumps(str(workdir / 'out'))}", "check_generation_budgets=false", *depth,
+                                 *weights, f"model.llm.quantization={q if q else 'null'}", f"model.llm.dtype={dtype}",
                                  f"model.llm.attn_implementation={attn}",
                                  f"model.llm.gradient_checkpointing={'true' if ckpt == 'on' else 'false'}"]
                     spec = {"experiment": args.experiment, "overrides": overrides, "device": device, "task": task,
                             "batch": batch, "steps": args.steps or (5 if gpu else 1),
                             "gen_samples": args.gen_samples or (8 if gpu else 2),
                             "new_tokens": args.new_tokens or (128 if gpu else 16)}
-                    label = f"{prec:>4} {attn:>5} ckpt={ckpt:<3}"
+                    shown = prec if gpu or q else dtype  # CPU: the unquantized row computes in fp32
+                    label = f"{shown:>4} {attn:>5} ckpt={ckpt:<3}"
                     r = run_isolated(spec)
                     r.update({"precision": prec, "attention": attn, "checkpointing": ckpt, "batch": batch, "task": task})
                     results.append(r)

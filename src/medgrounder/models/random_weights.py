@@ -15,6 +15,11 @@ writer produces what its loader reads from the real download, so the same code p
 - :func:`write_minigptv2`: MiniGPT-v2's checkpoint, ``{"model": {name: tensor}, "epoch": int}``
   with its own key names (``llama_proj.*`` and old-peft LoRA names without the adapter name).
 
+:func:`write_config_weights` writes all of them for a composed training config (its towers, its
+LLM, its ``init_from`` checkpoint) and returns the ordinary overrides (``model.llm.pretrained``,
+``paths.eva_vit_g``, ...) that point the same config at them; :func:`depth_overrides` shortens
+the LLM (and optionally the towers) first.
+
 Weights are drawn from ``N(0, 0.02)`` (biases 0, norm weights 1) from one seed, in ``dtype``;
 the large ones (the LLM, EVA ViT-g) are built on the meta device and filled tensor by tensor, so
 the writer holds their weights once, in ``dtype``, not in float32 first.
@@ -205,3 +210,78 @@ def write_minigptv2(path: str | Path, state: Mapping[str, torch.Tensor], epoch: 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": dict(state), "epoch": int(epoch)}, path)
     return path
+
+
+# ----------------------------------------------------------------------------- a whole config
+def _quoted(value) -> str:
+    """A Hydra override value, quoted (paths hold ``/`` and ``:``)."""
+    return json.dumps(str(value))
+
+
+def _towers(cfg) -> list[tuple[str, object]]:
+    """``(config key, tower config)`` of every tower of ``cfg.model.encoder``."""
+    enc = cfg.model.encoder
+    if "towers" in enc:
+        return [(f"model.encoder.towers.{name}", t) for name, t in enc.towers.items()]
+    return [("model.encoder", enc)]
+
+
+def _kind(tower_cfg) -> str:
+    return tower_cfg._target_.rsplit(".", 1)[-1]
+
+
+def depth_overrides(cfg, llm_layers: int | None, tower_layers: int | None = None) -> list[str]:
+    """Overrides that shorten ``cfg``'s LLM to ``llm_layers`` decoder layers (its sizing config,
+    which :func:`write_config_weights` writes) and, with ``tower_layers``, its EVA / CLIP towers
+    (BiomedCLIP's timm trunk keeps its 12 blocks: its depth is the timm model's name)."""
+    out = [f"model.llm.config.num_hidden_layers={int(llm_layers)}"] if llm_layers else []
+    for key, t in _towers(cfg) if tower_layers else []:
+        if _kind(t) == "EVAViTG":
+            out.append(f"{key}.depth={int(tower_layers)}")
+        elif _kind(t) == "HFCLIPVision":
+            out.append(f"{key}.config.num_hidden_layers={int(tower_layers)}")
+    return out
+
+
+def write_config_weights(cfg, folder: str | Path, tokenizer: str | None = None, llm_dtype: str = "bf16",
+                         max_shard_size: str = "5GB", seed: int = 0) -> list[str]:
+    """Random weights for every pretrained part of ``cfg.model`` (a composed training config),
+    each in its real format under ``folder``, at the config's widths and depths; returns the
+    overrides that point ``cfg`` at them. ``tokenizer``: where the Llama directory's tokenizer
+    comes from (default: the config's ``model.llm.pretrained``); ``max_shard_size``: the LLM's
+    safetensors shards (the 7B model in bf16: 3 of 5 GB)."""
+    from omegaconf import OmegaConf
+
+    from medgrounder.summary import summarize
+
+    folder = Path(folder)
+    overrides = []
+    for i, (key, t) in enumerate(_towers(cfg)):
+        kind = _kind(t)
+        if kind == "OpenCLIPTrunk":
+            model_cfg = {**OmegaConf.to_container(t.model_config, resolve=True), "text_cfg": BIOMEDCLIP_TEXT_CFG}
+            target = folder / f"open_clip_{i}"
+            write_open_clip_dir(target, model_cfg, seed=seed + i)
+            overrides.append(f"{key}.model_name={_quoted(f'local-dir:{target}')}")
+        elif kind == "HFCLIPVision":
+            vision = {**OmegaConf.to_container(t.config, resolve=True), "image_size": int(t.image_size)}
+            write_clip_dir(folder / f"clip_{i}", vision, seed=seed + i)
+            overrides.append(f"{key}.pretrained={_quoted(folder / f'clip_{i}')}")
+        elif kind == "EVAViTG":
+            write_eva_vit_g(folder / "eva_vit_g.pth", int(t.width), int(t.depth), int(t.num_heads),
+                            int(t.mlp_hidden), int(t.patch_size), seed=seed + i)
+            overrides.append(f"paths.eva_vit_g={_quoted(folder / 'eva_vit_g.pth')}")
+        else:
+            raise ValueError(f"{key}._target_: no random-weight writer for {t._target_}")
+    llm_cfg = OmegaConf.to_container(cfg.model.llm.config, resolve=True)
+    write_llama_dir(folder / "llama", llm_cfg, dtype=llm_dtype, tokenizer=tokenizer or cfg.model.llm.pretrained,
+                    max_shard_size=max_shard_size, seed=seed + 10)
+    overrides.append(f"model.llm.pretrained={_quoted(folder / 'llama')}")
+    if cfg.model.get("init_from") and cfg.model.init_from.get("minigptv2"):
+        projector_in = summarize(cfg)["projector"]["shapes"][-2]
+        lora = cfg.model.lora
+        state = minigptv2_state(llm_cfg["num_hidden_layers"], llm_cfg["hidden_size"], projector_in, int(lora.r),
+                                list(lora.targets), seed=seed + 20)
+        write_minigptv2(folder / "minigptv2_checkpoint.pth", state)
+        overrides.append(f"paths.minigptv2_ckpt={_quoted(folder / 'minigptv2_checkpoint.pth')}")
+    return overrides
