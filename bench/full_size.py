@@ -180,7 +180,7 @@ def measure(spec: dict) -> dict:
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     step_s = statistics.median(times[1:])
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 

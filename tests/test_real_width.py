@@ -74,7 +74,7 @@ def test_the_model_is_8bit_lora_at_real_width(real_width):
     module, folder = real_width
     llm = module.llm
     assert (llm.config.hidden_size, llm.config.vocab_size, llm.config.num_hidden_layers) == (HIDDEN, VOCAB, 1)
-    assert llm.config._attn_implementation == "sdpa" and llm.is_gradient_checkpointing
+    assert llm.config._attn_implementation == "sdpa" and llm.is_activation_checkpointing
     attn = llm.base_model.model.model.layers[0].self_attn
     q_base = attn.q_proj.base_layer
     assert isinstance(q_base, bnb.nn.Linear8bitLt) and q_base.weight.dtype == torch.int8
