@@ -125,6 +125,74 @@ def test_generate_rows_gathers_each_sample_once_in_order(tmp_path):
     assert expected["metrics"]["num_samples"] == 11 and 0 < expected["metrics"]["valid_rate"] < 1
 
 
+class _Phrases(torch.utils.data.Dataset):
+    """``[refer]`` items whose prompts differ in length; image ``i`` is filled with ``i``."""
+
+    PHRASES = ("opacity", "small left apical pneumothorax beside the chest tube", "effusion",
+               "right lower lobe consolidation", "cardiomegaly", "bilateral patchy airspace opacities")
+
+    def __len__(self) -> int:
+        return len(self.PHRASES)
+
+    def prompt_of(self, i: int) -> tuple[str, str]:
+        from medgrounder.tasks import Target, get_task
+
+        return "refer", get_task("refer").instruction(Target(text=self.PHRASES[i]))
+
+    def __getitem__(self, i: int) -> dict:
+        from medgrounder.tasks import get_task
+
+        task, instruction = self.prompt_of(i)
+        return {"image": torch.full((8, 8), i, dtype=torch.uint8), "task": task, "instruction": instruction,
+                "answer": "", "meta": {"id": f"p{i}", "task": task, "prompt": get_task(task).prompt(instruction)}}
+
+
+class _Echo(_Replay):
+    """Answers each image's index and records each batch's prompt lengths."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches: list[list[int]] = []
+
+    def generate_decoded(self, images, prompt_ids, prompt_mask, max_new_tokens=None, task=None, labels=None):
+        from medgrounder.models.decoding import Decoded
+
+        self.batches.append(prompt_mask.sum(1).tolist())
+        return [Decoded([], [], None, True, str(round(float(im[0, 0, 0]) * 255))) for im in images]
+
+
+def test_generation_batches_by_prompt_length_and_returns_dataset_order():
+    from medgrounder.data.collate import PromptCollator
+    from medgrounder.pipeline.generation import generate_rows
+
+    model, dataset = _Echo(), _Phrases()
+    collate = PromptCollator(model.tokenizer)
+    lengths = [len(collate.suffix_ids(*dataset.prompt_of(i))) for i in range(len(dataset))]
+    assert lengths != sorted(lengths, reverse=True)  # dataset order is not length order
+    rows = generate_rows(model, torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate))
+    assert [r["id"] for r in rows] == [f"p{i}" for i in range(len(dataset))]
+    assert [r["prediction"] for r in rows] == [str(i) for i in range(len(dataset))]  # each row its own answer
+    assert [n for b in model.batches for n in b] == sorted(lengths, reverse=True)
+    assert [len(b) for b in model.batches] == [2, 2, 2]
+
+
+def test_prompt_of_is_the_items_prompt_in_every_evaluation_dataset(synth_pfmvg_dir, synth_vindr_root):
+    from hydra.utils import instantiate
+
+    from helpers import pfmvg_overrides
+
+    pfmvg = instantiate(compose_train([*pfmvg_overrides(synth_pfmvg_dir), "paths.output_dir=."]).data)
+    pfmvg.setup()
+    vindr = instantiate(compose_train(tiny_run_overrides(synth_vindr_root, ".")).data)
+    vindr.setup()
+    datasets = [pfmvg.for_task("refer").dataset("test"), pfmvg.for_task("caption").dataset("test"),
+                *(vindr.dataset("test", task) for task in ("identify", "vqa", "grounding"))]
+    for dataset in datasets:
+        for i in range(0, len(dataset), max(1, len(dataset) // 7)):
+            item = dataset[i]
+            assert dataset.prompt_of(i) == (item["task"], item.get("instruction")), (type(dataset).__name__, i)
+
+
 # ------------------------------------------------------------------ distributed evaluation
 def _evaluate_worker(rank: int, world: int, port: int, ckpt: str, out: str) -> None:
     from medgrounder.evaluate import evaluate_checkpoint

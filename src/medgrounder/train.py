@@ -75,6 +75,51 @@ def is_rank_zero() -> bool:
     return rank_zero_only.rank == 0
 
 
+# ------------------------------------------------------------------ frozen-feature cache
+def _processes_per_node(cfg: DictConfig) -> int:
+    if os.environ.get("LOCAL_WORLD_SIZE"):
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    devices = cfg.trainer.get("devices", 1)
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
+        return int(devices)
+    return len(devices) if OmegaConf.is_list(devices) else max(1, torch.cuda.device_count())
+
+
+def feature_cache_fits(cfg: DictConfig, module, n_images: int) -> bool:
+    """Whether ``model.cache_frozen_features`` over ``n_images`` fits this node: each process
+    holds its own cache in host memory, and together they may take half of what is available
+    now. Says so either way; when it does not fit, training runs the towers every step."""
+    import psutil
+
+    each = module.feature_cache_bytes(n_images)
+    processes = _processes_per_node(cfg)
+    available = psutil.virtual_memory().available
+    sizes = (f"{n_images} images x {sum(module.tokens_per_tower)} tokens x {module.encoder.width} float32 = "
+             f"{each / 2**30:.2f} GiB per process, x {processes} on this node; {available / 2**30:.1f} GiB available")
+    if each * processes <= available / 2:
+        log.info("frozen-feature cache: %s", sizes)
+        return True
+    log.warning("frozen-feature cache does not fit (%s, half of it usable): the towers run every step "
+                "(model.cache_frozen_features=false says so up front)", sizes)
+    return False
+
+
+def _cache_device(cfg: DictConfig) -> torch.device:
+    """Where the cache is computed: this process's GPU when training uses one (the model is
+    still on the host before ``fit``), else the host."""
+    if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _autocast_dtype(precision) -> torch.dtype | None:
+    """The autocast dtype of Lightning's ``trainer.precision`` (None: full precision)."""
+    precision = str(precision)
+    return torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+
+
 # ------------------------------------------------------------------ configuration checks
 def selected_stages(cfg: DictConfig) -> list[tuple[int, str, DictConfig]]:
     """``(index in stages, name, stage config)`` of the stages this command runs."""
@@ -373,8 +418,8 @@ def run(cfg: DictConfig) -> dict:
             log.info("stage %s: generation budget %s", stage, stats)
     pretrain_configured_towers(cfg, module, lambda: datamodule)
     fixed = datamodule.fixed_training_images() if module.cache_frozen_features else None
-    if fixed is not None and any(p != "done" for p in plan.values()):
-        module.cache_features(fixed)
+    if fixed is not None and any(p != "done" for p in plan.values()) and feature_cache_fits(cfg, module, len(fixed)):
+        module.cache_features(fixed, device=_cache_device(cfg), autocast=_autocast_dtype(cfg.trainer.precision))
 
     base_optim = dict(module.optim)
     metrics: dict = {}

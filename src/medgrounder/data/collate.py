@@ -40,7 +40,8 @@ class PromptCollator:
         self.image_keys = image_keys
         self._suffix_cache: dict[tuple[str, str | None], list[int]] = {}
 
-    def _suffix(self, task: str, instruction: str | None = None) -> list[int]:
+    def suffix_ids(self, task: str, instruction: str | None = None) -> list[int]:
+        """The token ids of the prompt's suffix (``</Img> [task] instruction [/INST]``)."""
         key = (task, instruction)
         if key not in self._suffix_cache:
             if len(self._suffix_cache) > 4096:  # phrases make many distinct prompts: bound the cache
@@ -53,7 +54,7 @@ class PromptCollator:
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
         images = images_to_float(torch.stack([it["image"] for it in items]))
-        suffixes = [self._suffix(it["task"], it.get("instruction")) for it in items]
+        suffixes = [self.suffix_ids(it["task"], it.get("instruction")) for it in items]
         answers = self.tokenizer([it["answer"] for it in items], add_special_tokens=False)["input_ids"]
         seqs = [s + a + [eos] for s, a in zip(suffixes, answers, strict=True)]
         t = max(map(len, seqs))

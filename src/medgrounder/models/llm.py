@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 TRAIN_MODES = ("frozen", "lora", "lora_embed", "full")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -36,6 +37,7 @@ def build_llm(
     lora: dict | None = None,
     gradient_checkpointing: bool = False,
     device_map: dict | str | None = None,
+    attn_implementation: str = "sdpa",
 ) -> nn.Module:
     """Build the LLM and apply its trainability.
 
@@ -44,14 +46,21 @@ def build_llm(
     :func:`llm_config`); otherwise ``config`` is a ``LlamaConfig`` dict (``vocab_size`` filled
     from the tokenizer). ``quantization``: ``8bit``
     or ``4bit`` through bitsandbytes (``BitsAndBytesConfig``), then peft's
-    ``prepare_model_for_kbit_training``.
+    ``prepare_model_for_kbit_training``. ``gradient_checkpointing``: recompute each decoder
+    layer in the backward pass (non-reentrant, so LoRA weights get their gradients whether or not
+    the layer's input requires one). ``attn_implementation``: transformers' attention kernel,
+    ``sdpa`` (``F.scaled_dot_product_attention``), ``eager`` or ``flash_attention_2``.
     """
     if train_mode not in TRAIN_MODES:
         raise ValueError(f"llm.train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
     if dtype not in DTYPES:
         raise ValueError(f"llm.dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if attn_implementation not in ATTENTION:
+        raise ValueError(f"model.llm.attn_implementation must be one of {ATTENTION}, got {attn_implementation!r}")
+    if not isinstance(gradient_checkpointing, bool):
+        raise ValueError(f"model.llm.gradient_checkpointing must be true or false, got {gradient_checkpointing!r}")
     if pretrained:
-        kwargs: dict = {"dtype": DTYPES[dtype]}
+        kwargs: dict = {"dtype": DTYPES[dtype], "attn_implementation": attn_implementation}
         if quantization:
             from transformers import BitsAndBytesConfig
 
@@ -68,13 +77,15 @@ def build_llm(
         cfg = dict(config or {})
         if vocab_size is not None:
             cfg["vocab_size"] = vocab_size
-        model = LlamaForCausalLM(LlamaConfig(**cfg)).to(DTYPES[dtype])
+        model = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation=attn_implementation)).to(DTYPES[dtype])
+    checkpointing = {"use_reentrant": False}
     if quantization:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=checkpointing)
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     return apply_train_mode(model, train_mode, LoraSettings(**(lora or {})))
 
 

@@ -52,11 +52,24 @@ def _generate(module, loader, desc: str, max_new_tokens: int | None = None, labe
     return rows
 
 
+def length_order(dataset, collate, indices) -> list[int]:
+    """``indices`` grouped by task and sorted longest prompt first within each (ties keep their
+    order), so the prompts of a batch pad little; unchanged for a dataset without ``prompt_of``
+    (``(task, instruction)`` of an item, read without its image) or a collator without
+    ``suffix_ids``. Greedy answers do not depend on their batch (tested), only the padding does."""
+    prompt_of, suffix_ids = getattr(dataset, "prompt_of", None), getattr(collate, "suffix_ids", None)
+    if prompt_of is None or suffix_ids is None:
+        return list(indices)
+    prompts = {i: prompt_of(i) for i in indices}
+    return sorted(indices, key=lambda i: (prompts[i][0], -len(suffix_ids(*prompts[i]))))
+
+
 def generate_rows(module, loader: DataLoader, desc: str = "generate", max_new_tokens: int | None = None,
                   labels: tuple[str, ...] | None = None) -> list[dict]:
     """Greedy answers for every sample of ``loader`` as ``predictions.jsonl`` rows
     (:func:`scored_row`), in dataset order; ``max_new_tokens``: the generation budget (None: the
-    model's); ``labels``: the labels the task's grammar may name (None: all).
+    model's); ``labels``: the labels the task's grammar may name (None: all). The samples are
+    batched in :func:`length_order` (``loader``'s batch size, collator and workers).
 
     Under ``torch.distributed`` (initialised, world size > 1) the dataset is sharded with a
     :class:`~torch.utils.data.DistributedSampler` (no shuffle), each rank generates its shard,
@@ -65,15 +78,18 @@ def generate_rows(module, loader: DataLoader, desc: str = "generate", max_new_to
     rows equal the single-process ones.
     """
     rank, world = rank_world()
-    if world == 1:
-        return _generate(module, loader, desc, max_new_tokens, labels)
-    sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=False)
-    indices = list(sampler)
-    shard = DataLoader(Subset(loader.dataset, indices), batch_size=loader.batch_size,
-                       collate_fn=loader.collate_fn, num_workers=loader.num_workers)
-    mine = list(zip(indices, _generate(module, shard, f"{desc} [rank {rank}/{world}]", max_new_tokens, labels), strict=True))
-    parts: list = [None] * world
-    torch.distributed.all_gather_object(parts, mine)
+    dataset = loader.dataset
+    indices = list(DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)) if world > 1 \
+        else range(len(dataset))
+    order = length_order(dataset, loader.collate_fn, indices)
+    batches = DataLoader(Subset(dataset, order), batch_size=loader.batch_size, collate_fn=loader.collate_fn,
+                         num_workers=loader.num_workers)
+    tag = f"{desc} [rank {rank}/{world}]" if world > 1 else desc
+    mine = list(zip(order, _generate(module, batches, tag, max_new_tokens, labels), strict=True))
+    parts: list = [mine]
+    if world > 1:
+        parts = [None] * world
+        torch.distributed.all_gather_object(parts, mine)
     by_id: dict = {}
     for part in parts:
         for index, row in part:

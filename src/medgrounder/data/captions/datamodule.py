@@ -77,6 +77,10 @@ class CaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.flat)
 
+    def prompt_of(self, index: int) -> tuple[str, str]:
+        """Evaluation item ``index``'s ``(task, instruction)`` without its image."""
+        return "caption", CAPTION.instruction(rng=None)
+
     def __getitem__(self, key) -> dict:
         if isinstance(key, tuple) and len(key) == 3:
             source, index, epoch = key

@@ -81,6 +81,10 @@ class ReferDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def prompt_of(self, index: int) -> tuple[str, str]:
+        """Evaluation item ``index``'s ``(task, instruction)`` without its image."""
+        return "refer", REFER.instruction(Target(text=self.samples[index].label_text), None, self.instructions)
+
     def view_and_boxes(self, s: MSCXRSample, rng: np.random.Generator | None) -> tuple[View, list[Box]]:
         """The view of ``s`` and its boxes in view pixels (cropped-away boxes dropped; re-cropped
         while none is left)."""

@@ -83,6 +83,10 @@ class SampleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def prompt_of(self, i: int) -> tuple[str, str | None]:
+        """Item ``i``'s ``(task, instruction)`` without its image (None: the task's own)."""
+        return self.samples[i].task, None
+
     def __getitem__(self, i: int) -> dict:
         s = self.samples[i]
         r = s.record
