@@ -216,3 +216,28 @@ def test_fused_adamw_only_where_torch_takes_it():
     p.grad = torch.ones(3)
     opt.step()
     assert opt.defaults["fused"] and (p < 1).all()
+
+
+def test_feature_cache_fit_check_counts_every_process_of_the_node(monkeypatch, caplog):
+    """LiteGPT's pair over VinDr's 15,000 training images: 10.51 GiB per process; 4 processes fit
+    in 100 GiB available (half usable) but not in 80."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    import psutil
+
+    from helpers import compose_train
+    from medgrounder.models.vlm import VisionLanguageModel
+    from medgrounder.train import feature_cache_fits
+
+    cfg = compose_train(["+experiment=litegpt_dual", "paths.output_dir=.", "trainer.devices=4"])
+    module = SimpleNamespace(tokens_per_tower=[196, 49], encoder=SimpleNamespace(width=768))
+    module.feature_cache_bytes = partial(VisionLanguageModel.feature_cache_bytes, module)
+    assert module.feature_cache_bytes(15_000) == 15_000 * 245 * 768 * 4
+    for gib, fits in ((100, True), (80, False)):
+        monkeypatch.setattr(psutil, "virtual_memory", lambda gib=gib: SimpleNamespace(available=gib * 2**30))
+        caplog.clear()
+        with caplog.at_level("INFO", logger="medgrounder.train"):
+            assert feature_cache_fits(cfg, module, 15_000) is fits
+        assert "10.51 GiB per process, x 4 on this node" in caplog.text
+        assert ("does not fit" in caplog.text) is not fits
