@@ -291,6 +291,7 @@ def main(argv=None) -> list[dict]:
     import torch
 
     from medgrounder.models.random_weights import depth_overrides, write_config_weights
+    from medgrounder.summary import summarize
 
     args = parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -315,7 +316,8 @@ def main(argv=None) -> list[dict]:
     started = time.perf_counter()
     try:
         t = time.perf_counter()
-        weights = write_config_weights(sized, workdir / "weights", tokenizer=os.environ.get("MEDGROUNDER_LLAMA_TOKENIZER"))
+        weights = write_config_weights(sized, workdir / "weights", tokenizer=os.environ.get("MEDGROUNDER_LLAMA_TOKENIZER"),
+                                       projector_in=summarize(sized)["projector"]["shapes"][-2])
         print(f"{args.experiment}: random weights in the real formats written in {time.perf_counter() - t:.0f} s "
               f"(LLM layers {sized.model.llm.config.num_hidden_layers}, task {task}, batch {batch}, device {device}, "
               f"{torch.get_num_threads()} threads)", flush=True)

@@ -267,7 +267,8 @@ def test_crop_moves_the_pixels_with_the_box(seed):
     img[round(box[1] * sy):round(box[3] * sy), round(box[0] * sx):round(box[2] * sx)] = 255
     view = sample_crop(rng, width, height, CropSettings(scale=(0.5, 1.0)))
     (moved,) = boxes_into_view([box], view)
-    if moved is None:
+    # a sliver under 2 output pixels wide is blurred below half brightness by the resize
+    if moved is None or min((moved[2] - moved[0]) / view.width, (moved[3] - moved[1]) / view.height) * size < 2:
         return
     pixels = render_view(img, width, height, view, size)
     ys, xs = np.nonzero(pixels > 127)

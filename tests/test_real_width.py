@@ -19,6 +19,7 @@ from safetensors import safe_open
 from helpers import compose_train
 from medgrounder.data.collate import PromptCollator
 from medgrounder.models.random_weights import depth_overrides, write_config_weights
+from medgrounder.summary import summarize
 from medgrounder.tasks.identify import identify_answer
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,8 @@ def real_width(tmp_path_factory, llama_tokenizer_dir):
     depth = depth_overrides(compose_train(BASE), llm_layers=1, tower_layers=2)
     sized = compose_train([*BASE, *depth])
     # shards of 400 MB (the 0.9 GB LLM in 3): the index file and the sharded load are on the path
-    weights = write_config_weights(sized, folder, tokenizer=str(llama_tokenizer_dir), max_shard_size="400MB")
+    weights = write_config_weights(sized, folder, tokenizer=str(llama_tokenizer_dir), max_shard_size="400MB",
+                                   projector_in=summarize(sized)["projector"]["shapes"][-2])
     cfg = compose_train([*BASE, *depth, *weights, "model.llm.dtype=fp32"])
     torch.manual_seed(0)
     return instantiate(cfg.model), folder

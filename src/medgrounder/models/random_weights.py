@@ -244,15 +244,14 @@ def depth_overrides(cfg, llm_layers: int | None, tower_layers: int | None = None
 
 
 def write_config_weights(cfg, folder: str | Path, tokenizer: str | None = None, llm_dtype: str = "bf16",
-                         max_shard_size: str = "5GB", seed: int = 0) -> list[str]:
+                         max_shard_size: str = "5GB", projector_in: int | None = None, seed: int = 0) -> list[str]:
     """Random weights for every pretrained part of ``cfg.model`` (a composed training config),
     each in its real format under ``folder``, at the config's widths and depths; returns the
     overrides that point ``cfg`` at them. ``tokenizer``: where the Llama directory's tokenizer
     comes from (default: the config's ``model.llm.pretrained``); ``max_shard_size``: the LLM's
-    safetensors shards (the 7B model in bf16: 3 of 5 GB)."""
+    safetensors shards (the 7B model in bf16: 3 of 5 GB); ``projector_in``: the input width of the
+    projector's last layer, for MiniGPT-v2's ``llama_proj`` (``summarize(cfg)["projector"]["shapes"][-2]``)."""
     from omegaconf import OmegaConf
-
-    from medgrounder.summary import summarize
 
     folder = Path(folder)
     overrides = []
@@ -278,7 +277,9 @@ def write_config_weights(cfg, folder: str | Path, tokenizer: str | None = None, 
                     max_shard_size=max_shard_size, seed=seed + 10)
     overrides.append(f"model.llm.pretrained={_quoted(folder / 'llama')}")
     if cfg.model.get("init_from") and cfg.model.init_from.get("minigptv2"):
-        projector_in = summarize(cfg)["projector"]["shapes"][-2]
+        if projector_in is None:
+            raise ValueError("model.init_from.minigptv2 is set: write_config_weights needs projector_in "
+                             "(the projector's last layer input, medgrounder.summary's projector shapes[-2])")
         lora = cfg.model.lora
         state = minigptv2_state(llm_cfg["num_hidden_layers"], llm_cfg["hidden_size"], projector_in, int(lora.r),
                                 list(lora.targets), seed=seed + 20)
