@@ -143,6 +143,7 @@ def measure(spec: dict) -> dict:
 
     from medgrounder.data.collate import PromptCollator
     from medgrounder.summary import summarize
+    from medgrounder.train import autocast_dtype
 
     torch.manual_seed(0)
     cfg = compose(spec["experiment"], spec["overrides"])
@@ -157,8 +158,7 @@ def measure(spec: dict) -> dict:
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     # GPU: the experiment's own trainer precision (bf16-mixed); CPU: float32 throughout, since a CPU
     # without AVX512-BF16 / AMX emulates bf16 matmuls at a small fraction of its fp32 speed
-    precision = str(cfg.trainer.precision) if cuda else "32"
-    amp = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+    amp = autocast_dtype(cfg.trainer.precision) if cuda else None
 
     def autocast():
         return torch.autocast(device.type, dtype=amp, enabled=amp is not None)

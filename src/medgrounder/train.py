@@ -114,7 +114,7 @@ def _cache_device(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _autocast_dtype(precision) -> torch.dtype | None:
+def autocast_dtype(precision) -> torch.dtype | None:
     """The autocast dtype of Lightning's ``trainer.precision`` (None: full precision)."""
     precision = str(precision)
     return torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
@@ -419,7 +419,7 @@ def run(cfg: DictConfig) -> dict:
     pretrain_configured_towers(cfg, module, lambda: datamodule)
     fixed = datamodule.fixed_training_images() if module.cache_frozen_features else None
     if fixed is not None and any(p != "done" for p in plan.values()) and feature_cache_fits(cfg, module, len(fixed)):
-        module.cache_features(fixed, device=_cache_device(cfg), autocast=_autocast_dtype(cfg.trainer.precision))
+        module.cache_features(fixed, device=_cache_device(cfg), autocast=autocast_dtype(cfg.trainer.precision))
 
     base_optim = dict(module.optim)
     metrics: dict = {}
