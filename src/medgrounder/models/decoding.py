@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -112,6 +112,18 @@ class _Allowed:
     dist: torch.Tensor
     next: dict[int, State]
     longest: int = 0
+    _within: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def within(self, limit: int) -> torch.Tensor:
+        """The ids whose shortest completion takes at most ``limit`` tokens (all of them if none
+        does), cached per limit: near the budget's end every row asks for the same few."""
+        if limit >= self.longest:
+            return self.ids
+        hit = self._within.get(limit)
+        if hit is None:
+            keep = self.dist <= limit
+            hit = self._within[limit] = self.ids[keep] if bool(keep.any()) else self.ids
+        return hit
 
 
 class _GrammarIndex:
@@ -198,6 +210,8 @@ class AnswerProcessor(LogitsProcessor):
             self._no_answer_ids = torch.tensor(
                 [t for t, s in start.next.items() if automaton.committed_to(s, no_answer_node)], dtype=torch.long)
         self._prev: torch.Tensor | None = None  # [B, V] log-softmax of the last step
+        self._eos = torch.tensor([table.eos_token_id])
+        self._copies: dict[int, torch.Tensor] = {}
 
     def _take(self, chosen: torch.Tensor) -> None:
         """Book the tokens chosen at the last step (``chosen`` [B])."""
@@ -225,23 +239,27 @@ class AnswerProcessor(LogitsProcessor):
         if not self.constrain:
             return scores
         remaining = self.max_new_tokens - step  # tokens still to come, this one included
-        rows, cols = [], []
-        for i, state in enumerate(self.states):
-            if self.done[i] or state is None:  # done (transformers pads it anyway), or out of the grammar: end it
-                ids = torch.tensor([self.table.eos_token_id])
-            else:
-                allowed = self.index.allowed(state)
-                ids = allowed.ids
-                if remaining - 2 < allowed.longest:  # keep the shortest ending within the budget
-                    ids = ids[allowed.dist <= remaining - 2] if bool((allowed.dist <= remaining - 2).any()) else ids
-            rows.append(torch.full((len(ids),), i, dtype=torch.long))
-            cols.append(ids)
-        if not rows:
-            return scores
-        r, c = torch.cat(rows).to(scores.device), torch.cat(cols).to(scores.device)
+        # done rows (transformers pads them anyway) and rows out of the grammar may only end
+        cols = [self._on(scores.device, self._eos if self.done[i] or state is None
+                         else self.index.allowed(state).within(remaining - 2))
+                for i, state in enumerate(self.states)]
+        rows = torch.arange(len(cols), device=scores.device).repeat_interleave(
+            torch.tensor([c.shape[0] for c in cols], device=scores.device))
+        cols = torch.cat(cols)
+        # a copy into a fresh -inf tensor: on a CPU several times faster than masked_fill at 32k
         out = torch.full_like(scores, float("-inf"))
-        out[r, c] = scores[r, c]
+        out[rows, cols] = scores[rows, cols]
         return out
+
+    def _on(self, device: torch.device, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` on ``device``, copied once per generation. The index keeps them on the CPU,
+        and alive, so their identity is a key."""
+        if ids.device == device:
+            return ids
+        hit = self._copies.get(id(ids))
+        if hit is None:
+            hit = self._copies[id(ids)] = ids.to(device)
+        return hit
 
     def finish(self, sequences: torch.Tensor) -> list[Decoded]:
         """The results, given ``generate``'s output ids [B, n] (new tokens only): books the last
