@@ -58,6 +58,8 @@ import time
 from pathlib import Path
 
 PRECISIONS = {"bf16": None, "8bit": "8bit", "4bit": "4bit"}
+ATTENTION = ("sdpa", "eager")
+CHECKPOINTING = ("on", "off")
 # LiteGPT section 4.4: 20 epochs x 549 iterations in about 3 hours on 4 A100s, at the global batch
 # of conf/experiment/litegpt_dual.yaml (8: inferred there from 4,394 images / 549 iterations).
 PAPER = {"litegpt": {"iterations": 20 * 549, "seconds": 3 * 3600, "gpus": 4, "global_batch": 8}}
@@ -122,15 +124,6 @@ def stage_batch_size(cfg, task: str) -> int:
 
 
 # ----------------------------------------------------------------------------- one configuration
-def llm_param_count(config) -> int:
-    """Llama's parameters from its config (the 4-bit weights pack two per byte, so counting
-    tensors would halve them)."""
-    d, f, v, n = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
-    kv = d * config.num_key_value_heads // config.num_attention_heads
-    layer = d * d * 2 + d * kv * 2 + 3 * d * f + 2 * d
-    return v * d * (1 if config.tie_word_embeddings else 2) + n * layer + d
-
-
 def _rss_now() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -189,7 +182,7 @@ def measure(spec: dict) -> dict:
     llm_tokens = b * prefix + int(batch["text_mask"].sum())
     summary = summarize(cfg)
     tower_flops = sum(2 * t["total_params"] * t["tokens"] for t in summary["towers"]) * b
-    flops = 6 * llm_param_count(module.llm.config) * llm_tokens + tower_flops
+    flops = 6 * summary["llm"]["total_params"] * llm_tokens + tower_flops  # from the config: 4-bit packing halves no count
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     peak_flops = next((v for k, v in PEAK_BF16.items() if k in name), None) if cuda else None
 
@@ -242,14 +235,14 @@ def run_isolated(spec: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- main
-def paper_line(experiment: str, samples_per_s: float, devices: int = 1) -> str:
+def paper_line(experiment: str, samples_per_s: float) -> str:
     ref = next((v for k, v in PAPER.items() if experiment.startswith(k)), None)
     if ref is None:
         return "paper: no throughput reported"
     its = ref["iterations"] / ref["seconds"]
     per_gpu = its * ref["global_batch"] / ref["gpus"]
     return (f"paper: {its:.2f} it/s x batch {ref['global_batch']} on {ref['gpus']} A100 = {per_gpu:.2f} samples/s "
-            f"per GPU; this run / paper per device: {samples_per_s / devices / per_gpu:.3g}")
+            f"per GPU; this run / paper per device: {samples_per_s / per_gpu:.3g}")
 
 
 def _split(value: str | None, allowed) -> list[str] | None:
@@ -281,9 +274,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workdir", default=None, help="write the weights here and keep them (default: a temporary dir)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args(argv)
-    _split(args.precisions, PRECISIONS)
-    _split(args.attention, ("sdpa", "eager"))
-    _split(args.checkpointing, ("on", "off"))
+    args.precisions = _split(args.precisions, PRECISIONS)
+    args.attention = _split(args.attention, ATTENTION)
+    args.checkpointing = _split(args.checkpointing, CHECKPOINTING)
     return args
 
 
@@ -300,10 +293,9 @@ def main(argv=None) -> list[dict]:
     base = compose(args.experiment, ["paths.output_dir=.", "check_generation_budgets=false"])
     llm = base.model.llm
     own_precision = next(k for k, v in PRECISIONS.items() if v == llm.quantization)
-    precisions = _split(args.precisions, PRECISIONS) or (list(PRECISIONS) if full else [own_precision])
-    attention = _split(args.attention, ("sdpa", "eager")) or (["sdpa", "eager"] if full else [llm.attn_implementation])
-    checkpointing = _split(args.checkpointing, ("on", "off")) or (
-        ["on", "off"] if full else ["on" if llm.gradient_checkpointing else "off"])
+    precisions = args.precisions or (list(PRECISIONS) if full else [own_precision])
+    attention = args.attention or (list(ATTENTION) if full else [llm.attn_implementation])
+    checkpointing = args.checkpointing or (list(CHECKPOINTING) if full else ["on" if llm.gradient_checkpointing else "off"])
     dtype = "bf16" if gpu else "fp32"  # the LLM's compute dtype (see measure)
     llm_layers = args.llm_layers if args.llm_layers is not None else (None if gpu else 2)
     task = args.task or first_task(base)

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from medgrounder.models.llm import DTYPES
 
 #: BiomedCLIP's open_clip_config.json as on the hub (microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224):
 #: the text tower is a Hugging Face BERT the loader never builds (only ``visual.*`` is read).
